@@ -1,0 +1,162 @@
+"""Model builders: MobileNetV3-Small/-Large and MobileNetV2 with a 7-class head, plus pretrained weights.
+
+One entry point, `create_model`, like timm's; each model carries its own input normalisation, so that
+export can bake it into the ONNX graph and no client has to know it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from skinscan.labels import LABEL_CODES
+
+# torchvision's own ImageNet weights use ImageNet mean/std on the 0-1 scale; we work on 0-255.
+IMAGENET_MEAN_STD = ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
+
+ARCHITECTURES = {
+    "mobilenet_v3_small": (torchvision.models.mobilenet_v3_small, "MobileNet_V3_Small_Weights"),
+    "mobilenet_v3_large": (torchvision.models.mobilenet_v3_large, "MobileNet_V3_Large_Weights"),
+    "mobilenet_v2": (torchvision.models.mobilenet_v2, "MobileNet_V2_Weights"),
+}
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-channel mean and std on the 0-255 RGB scale: the network sees (x - mean) / std."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model from a checkpoint, without the original weights file."""
+
+    arch: str = "mobilenet_v3_small"
+    num_classes: int = len(LABEL_CODES)
+    dropout: float = 0.2
+    normalization: Normalization = Normalization(*IMAGENET_MEAN_STD)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> ModelConfig:
+        norm = data["normalization"]
+        return cls(arch=data["arch"], num_classes=int(data["num_classes"]), dropout=float(data["dropout"]),
+                   normalization=Normalization(tuple(norm["mean"]), tuple(norm["std"])))
+
+
+class SkinLesionNet(nn.Module):
+    """A torchvision backbone whose forward takes float RGB in [0, 255] (NCHW) and returns logits.
+
+    The normalisation is part of the module (two buffers), which is what export relies on.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.arch not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {config.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+        self.config = config
+        builder, _ = ARCHITECTURES[config.arch]
+        self.net = builder(weights=None, num_classes=1000, dropout=config.dropout)
+        self.reset_classifier(config.num_classes)
+        self.register_buffer("mean", torch.tensor(config.normalization.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(config.normalization.std).view(1, 3, 1, 1))
+
+    @property
+    def features(self) -> nn.Module:
+        return self.net.features
+
+    @property
+    def classifier(self) -> nn.Sequential:
+        return self.net.classifier
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the last Linear (the ImageNet 1000-way one) with a fresh `num_classes` layer."""
+        last = self.net.classifier[-1]
+        self.net.classifier[-1] = nn.Linear(last.in_features, num_classes)
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return list(self.net.classifier.parameters())
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        return list(self.net.features.parameters())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net((images - self.mean) / self.std)
+
+
+def resolve_pretrained(arch: str, pretrained: str) -> tuple[dict[str, torch.Tensor], Normalization]:
+    """Pretrained ImageNet weights: torchvision's official download (`"imagenet"`) or a local state_dict.
+
+    A local file `X.pth` must have `X.json` beside it stating the normalisation the weights were trained
+    with (`mean`, `std` on the 0-255 scale): getting that wrong silently costs accuracy.
+    """
+    if pretrained == "imagenet":
+        _, weights_enum = ARCHITECTURES[arch]
+        url = getattr(torchvision.models, weights_enum).IMAGENET1K_V1.url
+        return download_state_dict(url), Normalization(*IMAGENET_MEAN_STD)
+    path = Path(pretrained)
+    if not path.is_file():
+        raise FileNotFoundError(f"no pretrained weights at {path}; pass 'imagenet' or a state_dict .pth file")
+    config_path = path.with_suffix(".json")
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"{path} needs a preprocessing file {config_path.name} beside it, e.g. "
+            '{"arch": "mobilenet_v3_small", "mean": [127.5, 127.5, 127.5], "std": [127.5, 127.5, 127.5]}'
+        )
+    info = json.loads(config_path.read_text())
+    if info.get("arch", arch) != arch:
+        raise ValueError(f"{path} holds {info['arch']} weights, not {arch}; pass --arch {info['arch']}")
+    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    return state_dict, Normalization(tuple(info["mean"]), tuple(info["std"]))
+
+
+def download_state_dict(url: str, model_dir: str | Path | None = None) -> dict[str, torch.Tensor]:
+    """Fetch (once, then from torch's hub cache) a torchvision checkpoint, verifying its sha256 prefix.
+
+    torchvision names its files `NAME-<first 8+ hex digits of sha256>.pth`; `check_hash` refuses a
+    corrupted or tampered download instead of loading it.
+    """
+    try:
+        return torch.hub.load_state_dict_from_url(url, model_dir=str(model_dir) if model_dir else None,
+                                                  map_location="cpu", progress=True, check_hash=True,
+                                                  weights_only=True)
+    except (OSError, RuntimeError) as error:
+        raise RuntimeError(
+            f"cannot download ImageNet weights from {url} ({error}); on an offline machine pass a local "
+            "state_dict instead: --pretrained PATH.pth (with PATH.json beside it)"
+        ) from None
+
+
+def create_model(
+    arch: str = "mobilenet_v3_small",
+    pretrained: str | None = None,
+    num_classes: int = len(LABEL_CODES),
+    dropout: float = 0.2,
+) -> SkinLesionNet:
+    """Build a classifier; with `pretrained`, load ImageNet weights into everything but the last layer."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    if pretrained is None:
+        return SkinLesionNet(ModelConfig(arch, num_classes, dropout))
+    state_dict, normalization = resolve_pretrained(arch, pretrained)
+    model = SkinLesionNet(ModelConfig(arch, 1000, dropout, normalization))
+    model.net.load_state_dict(state_dict, strict=True)
+    model.reset_classifier(num_classes)
+    model.config = ModelConfig(arch, num_classes, dropout, normalization)
+    return model
+
+
+def model_from_checkpoint(checkpoint: dict) -> SkinLesionNet:
+    """Rebuild the model saved by training (`{"model_config": ..., "model": state_dict, ...}`)."""
+    model = SkinLesionNet(ModelConfig.from_json(checkpoint["model_config"]))
+    model.load_state_dict(checkpoint["model"])
+    return model.eval()
