@@ -198,7 +198,10 @@ def train_one_epoch(model, ema, data: SplitData, optimizer, scheduler, config: T
     """One pass of `len(train)` square-root-balanced samples; returns mean loss and accuracy."""
     model.train()
     weights, _ = sampling_weights(data.labels, config.sampling_power)
-    generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)  # resume replays the same epoch
+    # Every random draw of the epoch (sampling, augmentation, dropout) is seeded from (seed, epoch), so a
+    # resumed run replays exactly the epochs an uninterrupted run would have.
+    generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+    torch.manual_seed(config.seed * 1000 + epoch)
     order = torch.multinomial(weights, len(weights), replacement=True, generator=generator)
     n_batches = len(order) // config.batch_size
     total_loss, correct, seen = 0.0, 0, 0

@@ -1,0 +1,85 @@
+"""A tiny end-to-end run on real HAM10000 images: train, evaluate, and resume after an interruption."""
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="training needs the `train` extra (torch)")
+
+from skinscan import train as train_module  # noqa: E402
+from skinscan.data import lesion_grouped_split, read_metadata, write_split  # noqa: E402
+from skinscan.evaluate import evaluate_checkpoint  # noqa: E402
+from skinscan.train import TrainConfig, load_checkpoint, load_model, train  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def split_csv(ham10000_dir, tmp_path_factory):
+    path = tmp_path_factory.mktemp("split") / "split.csv"
+    write_split(lesion_grouped_split(read_metadata(ham10000_dir), seed=0), path)
+    return path
+
+
+def tiny_config(ham10000_dir, split_csv, out_dir, pretrained, **overrides) -> TrainConfig:
+    values = dict(data_dir=str(ham10000_dir), split_csv=str(split_csv), out_dir=str(out_dir),
+                  pretrained=pretrained, input_size=(96, 128), warmup_epochs=1, epochs=2, batch_size=16,
+                  warmup_steps=4, max_images=70, threads=2, seed=3)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_train_then_evaluate(ham10000_dir, split_csv, pretrained_v3_small, tmp_path):
+    config = tiny_config(ham10000_dir, split_csv, tmp_path / "run", pretrained_v3_small)
+    best = train(config)
+
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert [r["phase"] for r in rows] == ["warmup", "finetune", "finetune"]
+    assert all(np.isfinite(r["train_loss"]) and 0 <= r["val_balanced_accuracy"] <= 1 for r in rows)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["input_size"] == [96, 128]
+    assert "best epoch" in (tmp_path / "run" / "log.txt").read_text()
+    best_row = max(rows, key=lambda r: r["val_balanced_accuracy"])
+    assert load_checkpoint(best)["epoch_metrics"]["epoch"] == best_row["epoch"]
+
+    metrics = evaluate_checkpoint(best, ham10000_dir, split_csv, tmp_path / "eval", part="test", threads=2)
+    for name in ("report.md", "metrics.json", "confusion_matrix.png", "roc_curves.png",
+                 "reliability_diagram.png", "predictions.csv"):
+        assert (tmp_path / "eval" / name).stat().st_size > 0, name
+    predictions = np.loadtxt(tmp_path / "eval" / "predictions.csv", delimiter=",", skiprows=1,
+                             usecols=range(2, 9))
+    np.testing.assert_allclose(predictions.sum(1), 1.0, atol=1e-5)
+    assert 0 <= metrics["balanced_accuracy"] <= 1 and metrics["calibration"]["temperature"] > 0
+    assert "## Calibration" in (tmp_path / "eval" / "report.md").read_text()
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(ham10000_dir, split_csv, tmp_path, monkeypatch):
+    reference = train(tiny_config(ham10000_dir, split_csv, tmp_path / "straight", None))
+
+    original = train_module.train_one_epoch
+
+    def interrupted(*args, **kwargs):
+        if args[6] == 3:  # the epoch argument: stop the run during its last epoch
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_one_epoch", interrupted)
+    config = tiny_config(ham10000_dir, split_csv, tmp_path / "resumed", None)
+    with pytest.raises(KeyboardInterrupt):
+        train(config)
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["epoch"] == 2
+    monkeypatch.setattr(train_module, "train_one_epoch", original)
+    train(config, resume=True)
+
+    straight = load_checkpoint(tmp_path / "straight" / "last.pt")
+    resumed = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    assert resumed["epoch"] == straight["epoch"] == 3
+    for name, tensor in straight["model"].items():
+        torch.testing.assert_close(resumed["model"][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+    assert load_model(reference) is not None
+
+
+def test_resume_without_a_run_is_a_clear_error(ham10000_dir, split_csv, tmp_path):
+    with pytest.raises(FileNotFoundError, match="drop --resume"):
+        train(tiny_config(ham10000_dir, split_csv, tmp_path / "none", None), resume=True)
