@@ -83,6 +83,17 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- export
+def cmd_export(args) -> int:
+    from skinscan.export import build_package
+
+    metadata = build_package(args.checkpoint, args.data, args.split, args.out, threads=args.threads)
+    print(f"temperature {metadata['skinscan.temperature']:.3f}, malignant threshold "
+          f"{metadata['skinscan.thresholds']['malignant']:.3f} (fitted on val)")
+    print(f"model package: {args.out} (skinscan.onnx, skinscan.ort, manifest.json)")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
     from skinscan.data import default_data_dir
@@ -145,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--tta", action="store_true", help="average the 4 flips of each image")
     ev.add_argument("--threads", type=int, default=0)
     ev.set_defaults(func=cmd_evaluate)
+    ex = verbs.add_parser("export", help="checkpoint -> model package (ONNX with calibration, ORT Mobile form)")
+    ex.add_argument("--checkpoint", type=Path, default=Path("runs/train/best.pt"))
+    ex.add_argument("--data", type=Path, default=default_data_dir())
+    ex.add_argument("--split", type=Path, default=Path("runs/split.csv"))
+    ex.add_argument("--out", type=Path, default=Path("runs/package"))
+    ex.add_argument("--threads", type=int, default=0)
+    ex.set_defaults(func=cmd_export)
     return parser
 
 
