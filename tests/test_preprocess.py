@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import io
 import struct
 import warnings
@@ -97,6 +99,31 @@ def test_center_crop_box_is_the_largest_centred_box_with_the_input_aspect(image_
     assert (top + bottom) / 2 == pytest.approx(height / 2)
     # largest: it spans the full width or the full height
     assert (right - left) == pytest.approx(width) or (bottom - top) == pytest.approx(height)
+
+
+CROP_BUG = pytest.mark.xfail(strict=True, raises=(AssertionError, ValueError), reason=(
+    "known bug: center_crop_box computes the box in floating point (target * scale, then (image - crop) / 2), "
+    "so when the crop spans a whole side it can start at -1.8e-15 or -2.8e-14 instead of 0; Pillow's resize "
+    "then raises ValueError(\"box offset can't be negative\"). Hits e.g. 600x450 (the original HAM10000 "
+    "size) at (224, 224), 450x600 at (168, 224), 29x29 at (224, 224): about 2-4% of all image sizes"))
+# (image size, input size) pairs whose box comes out a hair outside the image
+CROP_BUG_CASES = [((600, 450), (224, 224)), ((450, 600), (224, 224)), ((450, 600), (168, 224)),
+                  ((600, 450), (224, 168)), ((29, 29), (224, 224)), ((16, 29), (27, 8))]
+
+
+@CROP_BUG
+@pytest.mark.parametrize(("image_size", "size"), CROP_BUG_CASES)
+def test_center_crop_box_never_leaves_the_image(image_size, size):
+    width, height = image_size
+    left, top, right, bottom = center_crop_box(image_size, size)
+    assert left >= 0 and top >= 0 and right <= width and bottom <= height, (left, top, right, bottom)
+
+
+@CROP_BUG
+@pytest.mark.parametrize(("image_size", "size"), CROP_BUG_CASES)
+def test_center_crop_works_for_every_image_size(image_size, size):
+    out = preprocess(Image.new("RGB", image_size, (10, 20, 30)), PreprocessConfig(size=size, resize="center_crop"))
+    assert out.shape == (*size, 3)
 
 
 def test_center_crop_box_values():
@@ -220,10 +247,32 @@ def test_exif_orientation_of_an_opened_pil_image(tmp_path):
     exif[0x0112] = 6
     path = tmp_path / "rotated.jpg"
     path.write_bytes(encode(half_red_half_blue(), "JPEG", exif=exif, quality=95))
-    for source in (path, str(path), Image.open(path)):
-        image = load_image(source)
-        assert image.size == (40, 60)
-        assert red_side(image) == "top"
+    with Image.open(path) as opened:
+        for source in (path, str(path), opened):
+            image = load_image(source)
+            assert image.size == (40, 60)
+            assert red_side(image) == "top"
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "known bug: load_image(path) opens the file itself (_open: open(source, 'rb')) and hands Pillow the file "
+    "object, which Pillow never closes; it is only closed when garbage-collected (ResourceWarning), on the "
+    "error path too"))
+@pytest.mark.parametrize("content", ["image", "text"])
+def test_load_image_closes_the_file_it_opens(tmp_path, content):
+    path = tmp_path / "photo.jpg"
+    if content == "image":
+        path.write_bytes(encode(half_red_half_blue(), "JPEG"))
+    else:
+        path.write_text("not a photo")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        with contextlib.suppress(ImageError):
+            load_image(path)
+        gc.collect()
+    unclosed = [str(w.message) for w in caught
+                if issubclass(w.category, ResourceWarning) and str(path) in str(w.message)]
+    assert not unclosed
 
 
 # --------------------------------------------------------------------------- load_image: modes
@@ -474,11 +523,19 @@ def images(draw):
         return image, (width, height)
     if kind == "jpeg" and mode in JPEG_MODES:
         return encode(image, "JPEG", quality=75), (width, height)
-    return encode(image, "PNG"), (width, height)
+    return encode(image, "TIFF" if mode == "CMYK" else "PNG"), (width, height)
 
 
+def rules_with_known_crop_bug():
+    return pytest.mark.parametrize("rule", [
+        "stretch", pytest.param("center_crop", marks=pytest.mark.xfail(
+            strict=True, raises=ValueError, reason="known bug: see CROP_BUG (the explicit example always hits it)"))])
+
+
+@rules_with_known_crop_bug()
 @PROPERTY
-@given(source=images(), height=st.integers(8, 256), width=st.integers(8, 256), rule=st.sampled_from(RESIZE_RULES))
+@example(source=(Image.new("RGB", (29, 29)), (29, 29)), height=224, width=224)
+@given(source=images(), height=st.integers(8, 256), width=st.integers(8, 256))
 def test_preprocess_returns_the_configured_shape(source, height, width, rule):
     source, _ = source
     out = preprocess(source, PreprocessConfig(size=(height, width), resize=rule))
@@ -487,10 +544,11 @@ def test_preprocess_returns_the_configured_shape(source, height, width, rule):
     assert out.dtype == np.uint8
 
 
+@rules_with_known_crop_bug()
 @PROPERTY
+@example(width=29, height=29, colour=(1, 2, 3), size=(224, 224), fmt="PNG")
 @given(width=st.integers(16, 400), height=st.integers(16, 400), colour=st.tuples(*[st.integers(0, 255)] * 3),
-       size=st.tuples(st.integers(8, 256), st.integers(8, 256)), rule=st.sampled_from(RESIZE_RULES),
-       fmt=st.sampled_from(["PNG", "JPEG"]))
+       size=st.tuples(st.integers(8, 256), st.integers(8, 256)), fmt=st.sampled_from(["PNG", "JPEG"]))
 def test_preprocess_keeps_a_uniform_colour(width, height, colour, size, rule, fmt):
     data = encode(Image.new("RGB", (width, height), colour), fmt, quality=95)
     out = preprocess(data, PreprocessConfig(size=size, resize=rule))
@@ -526,7 +584,7 @@ def test_random_bytes_give_an_array_or_an_image_error(data):
 
 
 def png_idat_start(data: bytes) -> int:
-    return data.index(b"IDAT") - 4
+    return data.index(b"IDAT") + 4  # past the chunks Pillow parses in Image.open
 
 
 def jpeg_scan_start(data: bytes) -> int:

@@ -94,6 +94,108 @@ def cmd_export(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------- predict
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def cmd_predict(args) -> int:
+    # Torch-free on purpose: only the runtime, numpy and tqdm (a test runs this verb with torch blocked).
+    import numpy as np
+    from tqdm import tqdm
+
+    from skinscan.manifest import IntegrityError
+    from skinscan.preprocess import ImageError
+    from skinscan.runtime import IMAGE_SUFFIXES, Classifier, ModelPackageError, find_images
+
+    images, failures = find_images(args.paths)
+    if not images:
+        reasons = "; ".join(f"{path}: {reason}" for path, reason in failures)
+        raise UsageError(f"no images found ({reasons}); pass image files ({' '.join(IMAGE_SUFFIXES)}), "
+                         "folders or glob patterns")
+    try:
+        classifier = Classifier.load(args.model, precision=args.precision, threads=args.threads)
+    except (ModelPackageError, IntegrityError) as error:
+        raise UsageError(str(error)) from None
+
+    predictions = []
+    with tqdm(total=len(images), unit="image", desc="classifying", file=sys.stderr, disable=len(images) < 2) as bar:
+        for start in range(0, len(images), args.batch_size):
+            chunk, arrays, sources = images[start:start + args.batch_size], [], []
+            for path in chunk:
+                try:
+                    arrays.append(classifier.preprocess(path))
+                    sources.append(str(path))
+                except (ImageError, OSError) as error:
+                    failures.append((str(path), str(error)))
+            if arrays:
+                probabilities = classifier.predict_arrays(np.stack(arrays))
+                rows = zip(probabilities, sources, strict=True)
+                predictions += [classifier.prediction(row, source) for row, source in rows]
+            bar.update(len(chunk))
+
+    if args.json:
+        _print_predictions_json(classifier, predictions, failures)
+    elif args.csv:
+        _print_predictions_csv(classifier, predictions)
+    else:
+        _print_predictions_table(classifier, predictions)
+    if failures:
+        print(f"\n{len(failures)} input(s) could not be classified:", file=sys.stderr)
+        for path, reason in failures:
+            print(f"  {path}: {reason}", file=sys.stderr)
+    print(DISCLAIMER, file=sys.stderr if args.json or args.csv else sys.stdout)
+    return 1 if failures else 0
+
+
+def _print_predictions_json(classifier, predictions, failures) -> None:
+    import json
+
+    document = {
+        "model": {"path": str(classifier.path), "precision": classifier.precision, "version": classifier.version,
+                  "malignant_threshold": classifier.threshold},
+        "predictions": [prediction.to_dict() for prediction in predictions],
+        "failures": [{"source": path, "error": reason} for path, reason in failures],
+        "disclaimer": DISCLAIMER,
+    }
+    print(json.dumps(document, indent=2))
+
+
+def _print_predictions_csv(classifier, predictions) -> None:
+    import csv
+
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(["file", "label", "name", "probability", *classifier.labels, "malignant_probability", "malignant"])
+    for p in predictions:
+        writer.writerow([p.source, p.label, p.name, f"{p.probability:.6f}",
+                         *(f"{p.probabilities[code]:.6f}" for code in classifier.labels),
+                         f"{p.malignant_probability:.6f}", "true" if p.malignant else "false"])
+
+
+def _print_predictions_table(classifier, predictions) -> None:
+    if not predictions:
+        print("no image could be classified")
+        return
+    rows = [("FILE", "DIAGNOSIS", "2ND", "3RD", "P(MALIGNANT)", "MALIGNANCY")]
+    for p in predictions:
+        (code, name, probability), *others = p.top
+        rows.append((p.source or "-", f"{name} ({code}) {probability:.1%}",
+                     *(f"{c} {q:.1%}" for c, _, q in others), f"{p.malignant_probability:.1%}",
+                     "SUSPICIOUS: see a dermatologist" if p.malignant else "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)) + "  " + row[-1])
+    shown = {c for p in predictions for c, _, _ in p.top[1:]}
+    print("codes: " + "; ".join(f"{c} = {classifier.label_names[c]}" for c in classifier.labels if c in shown))
+    flagged = sum(p.malignant for p in predictions)
+    malignant = "+".join(f"P({code})" for code in classifier.malignant_codes)
+    print(f"\n{len(predictions)} image(s) classified with {classifier.path} ({classifier.precision}); {flagged} "
+          f"flagged SUSPICIOUS ({malignant} >= {classifier.threshold:.2f})")
+
+
 # ------------------------------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
     from skinscan.data import default_data_dir
@@ -163,6 +265,19 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", type=Path, default=Path("runs/package"))
     ex.add_argument("--threads", type=int, default=0)
     ex.set_defaults(func=cmd_export)
+
+    pr = verbs.add_parser("predict", help="classify images with a model package (ONNX Runtime, no torch)")
+    pr.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (searched recursively) or globs")
+    pr.add_argument("--model", type=Path, default=None,
+                    help="model package folder or an .onnx file in one (default: the bundled package)")
+    pr.add_argument("--precision", default="auto", choices=["auto", "int8", "fp32"],
+                    help="which ONNX file of the package; auto = int8 when the package has it")
+    output = pr.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    output.add_argument("--csv", action="store_true", help="CSV on stdout: one row per image, every probability")
+    pr.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime threads (default: all cores)")
+    pr.add_argument("--batch-size", type=positive_int, default=16)
+    pr.set_defaults(func=cmd_predict)
     return parser
 
 

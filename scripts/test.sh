@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up .venv and run the whole test suite (what CI runs). HAM10000 is looked up at ../shared/data/ham10000
+# or $SKINSCAN_DATA; tests that need it skip with a clear reason when it is absent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh train,dev
+.venv/bin/ruff check src tests benchmarks
+.venv/bin/python -m pytest -q "$@"

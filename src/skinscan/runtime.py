@@ -1,0 +1,353 @@
+"""The on-device runtime: a model package run by ONNX Runtime, any image in, a `Prediction` out.
+
+Design note (runtime)
+---------------------
+Torch-free on purpose. What ships to a user's machine is numpy, Pillow and onnxruntime (tens of MB)
+instead of torch (GBs), it starts in well under a second, and it runs the very graph the browser and the
+native apps run, so all clients share one model file and one set of numbers. This module imports only
+those three libraries and our `labels`, `preprocess` and `manifest` modules (never `model`, `train` or
+`export`); a test imports it in a fresh interpreter with torch blocked.
+
+What is verified at load, before ONNX Runtime parses a byte of the model:
+- the chosen ONNX file is listed in the package's `manifest.json` and its sha256 matches: a corrupted or
+  tampered file raises `IntegrityError`. The bytes that are hashed are the bytes handed to ONNX Runtime,
+  so the file cannot be swapped between the check and the load;
+- the contract the clients rely on (DESIGN.md, "The model package contract"): input `image` uint8
+  `[N, H, W, 3]` matching the metadata's input size, an output `probabilities` with one column per label,
+  and the metadata keys this runtime needs (labels, names, malignant codes, resize rule, thresholds).
+  A missing or malformed key raises `ModelPackageError` naming it.
+
+Decoding and resizing use `skinscan.preprocess` (EXIF orientation, colour modes, JPEG draft decoding,
+size limits), i.e. the exact rule the model was trained with, read from the package's metadata.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from skinscan.manifest import IntegrityError, read_manifest, verify_file
+from skinscan.preprocess import ImageSource, PreprocessConfig
+from skinscan.preprocess import preprocess as preprocess_image
+
+FP32_FILE = "skinscan.onnx"
+INT8_FILE = "skinscan-int8.onnx"
+PRECISIONS = ("auto", "int8", "fp32")
+PRECISION_FILES = {"int8": INT8_FILE, "fp32": FP32_FILE}
+INPUT_NAME = "image"
+PROBABILITIES = "probabilities"
+REQUIRED_METADATA = ("skinscan.labels", "skinscan.label_names", "skinscan.malignant", "skinscan.preprocess",
+                     "skinscan.thresholds")
+TOP_K = 3
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
+__all__ = ["Classifier", "IntegrityError", "ModelPackageError", "Prediction", "bundled_package_dir", "find_images"]
+
+
+class ModelPackageError(Exception):
+    """A model package that cannot be used (not found, wrong file, broken contract); the message says why."""
+
+
+@dataclass
+class Prediction:
+    """One image's result. `top` holds the 3 likeliest (code, name, probability), most likely first."""
+
+    top: list[tuple[str, str, float]]
+    probabilities: dict[str, float]  # every label, in the model's output order
+    label: str
+    malignant_probability: float  # the sum over the malignant diagnoses
+    malignant: bool  # malignant_probability >= the package's "malignant" threshold
+    source: str | None = field(default=None)
+
+    @property
+    def name(self) -> str:
+        return self.top[0][1]
+
+    @property
+    def probability(self) -> float:
+        return self.top[0][2]
+
+    def to_dict(self) -> dict:
+        """JSON-friendly: plain str/float/bool, `top` as a list of {code, name, probability}."""
+        return {
+            "source": self.source,
+            "label": self.label,
+            "name": self.name,
+            "probability": self.probability,
+            "top": [{"code": code, "name": name, "probability": p} for code, name, p in self.top],
+            "probabilities": dict(self.probabilities),
+            "malignant_probability": self.malignant_probability,
+            "malignant": self.malignant,
+        }
+
+
+def bundled_package_dir() -> Path:
+    """The model package shipped inside the `skinscan` distribution (`skinscan/models/`)."""
+    return Path(str(resources.files("skinscan") / "models"))
+
+
+def _resolve_model_file(path: str | Path | None, precision: str) -> Path:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if path is None:
+        package_dir = bundled_package_dir()
+        if not any((package_dir / name).is_file() for name in PRECISION_FILES.values()):
+            raise ModelPackageError(f"no bundled model package in {package_dir}; pass --model DIR (a model package "
+                                    "folder from `skinscan export`), or Classifier.load(path)")
+    else:
+        path = Path(path).expanduser()
+        if path.is_file():
+            if path.suffix != ".onnx":
+                raise ModelPackageError(f"{path} is not an .onnx file; pass a model package folder or one of its "
+                                        ".onnx files")
+            wanted = PRECISION_FILES.get(precision)
+            if wanted is not None and path.name != wanted:
+                raise ModelPackageError(f"{path} was given with precision {precision!r}, whose file is {wanted}; "
+                                        "pass the package folder, or precision 'auto'")
+            return path
+        if not path.is_dir():
+            raise ModelPackageError(f"no model package at {path}: expected a folder with {FP32_FILE} and "
+                                    "manifest.json (from `skinscan export`), or an .onnx file inside one")
+        package_dir = path
+    if precision == "auto":
+        name = INT8_FILE if (package_dir / INT8_FILE).is_file() else FP32_FILE
+    else:
+        name = PRECISION_FILES[precision]
+    if not (package_dir / name).is_file():
+        raise ModelPackageError(f"{package_dir} has no {name} (precision {precision!r}); its files: "
+                                f"{', '.join(sorted(p.name for p in package_dir.iterdir())) or 'none'}")
+    return package_dir / name
+
+
+def _verified_bytes(model_file: Path) -> bytes:
+    """The model file's bytes, after checking them against the package manifest (IntegrityError if not)."""
+    package_dir, name = model_file.parent, model_file.name
+    verify_file(package_dir, name)  # clear messages: no manifest, unlisted file, missing file, mismatch
+    data = model_file.read_bytes()
+    expected = read_manifest(package_dir)["files"][name]["sha256"]
+    if hashlib.sha256(data).hexdigest() != expected:  # the file changed after verify_file read it
+        raise IntegrityError(f"{model_file} does not match its manifest (it changed while loading); reinstall "
+                             "skinscan or re-export the package")
+    return data
+
+
+def _session_options(threads: int | None) -> ort.SessionOptions:
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be at least 1 (or None for all cores), got {threads}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or 0  # 0 = ONNX Runtime's default: one thread per physical core
+    options.inter_op_num_threads = 1  # the graph is a chain; parallelism is within operators
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: no optimiser chatter on the user's terminal
+    return options
+
+
+def _parse_metadata(custom: dict[str, str]) -> dict:
+    metadata = {}
+    for key, value in custom.items():
+        if not key.startswith("skinscan."):
+            continue
+        try:
+            metadata[key] = json.loads(value)
+        except json.JSONDecodeError:
+            raise ModelPackageError(f"model metadata {key} is not valid JSON: {value[:80]!r}") from None
+    missing = [key for key in REQUIRED_METADATA if key not in metadata]
+    if missing:
+        raise ModelPackageError(f"the model's metadata lacks {', '.join(missing)}; not a skinscan model package "
+                                "(re-export it with `skinscan export`)")
+    return metadata
+
+
+class Classifier:
+    """A loaded model package. `Classifier.load()` then `classify(path_or_bytes_or_image)` -> Prediction.
+
+    Thread-safe for concurrent `classify` calls (ONNX Runtime sessions are).
+    """
+
+    def __init__(self, session: ort.InferenceSession, path: Path | None = None):
+        self.session = session
+        self.path = path
+        self.package_dir = path.parent if path is not None else None
+        self.precision = {FP32_FILE: "fp32", INT8_FILE: "int8"}.get(path.name, "custom") if path else "custom"
+        self.metadata = _parse_metadata(session.get_modelmeta().custom_metadata_map)
+        self._read_contract()
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, precision: str = "auto", threads: int | None = None) -> Classifier:
+        """Load a model package: a folder, an `.onnx` file inside one, or None for the bundled package.
+
+        precision: "int8" (`skinscan-int8.onnx`), "fp32" (`skinscan.onnx`) or "auto" (int8 when present).
+        threads: ONNX Runtime intra-op threads; None uses all cores.
+        Raises ModelPackageError (not found, broken contract) or IntegrityError (manifest mismatch).
+        """
+        model_file = _resolve_model_file(path, precision)
+        data = _verified_bytes(model_file)
+        try:
+            session = ort.InferenceSession(data, sess_options=_session_options(threads),
+                                           providers=["CPUExecutionProvider"])
+        except Exception as error:  # ORT raises its own pybind exception types (Fail, InvalidProtobuf, ...)
+            raise ModelPackageError(f"ONNX Runtime cannot load {model_file}: {error}") from None
+        return cls(session, model_file)
+
+    def _read_contract(self) -> None:
+        meta = self.metadata
+        labels, names, malignant = meta["skinscan.labels"], meta["skinscan.label_names"], meta["skinscan.malignant"]
+        if not isinstance(labels, list) or not labels or len(set(labels)) != len(labels):
+            raise ModelPackageError(f"model metadata skinscan.labels must be a list of unique codes, got {labels!r}")
+        if not isinstance(names, dict) or any(code not in names for code in labels):
+            raise ModelPackageError(f"model metadata skinscan.label_names must name every label in {labels}")
+        if not isinstance(malignant, list) or any(code not in labels for code in malignant):
+            raise ModelPackageError(f"model metadata skinscan.malignant must list codes among {labels}")
+        try:
+            config = PreprocessConfig.from_json(meta["skinscan.preprocess"])
+        except (KeyError, TypeError, ValueError, IndexError) as error:
+            raise ModelPackageError(f"model metadata skinscan.preprocess is malformed ({error!r}); expected "
+                                    "{'size': [H, W], 'resize': 'center_crop' | 'stretch'}") from None
+        thresholds = meta["skinscan.thresholds"]
+        if not isinstance(thresholds, dict) or not isinstance(thresholds.get("malignant"), (int, float)):
+            raise ModelPackageError("model metadata skinscan.thresholds lacks a numeric 'malignant' threshold")
+        self.labels: tuple[str, ...] = tuple(labels)
+        self.label_names: dict[str, str] = {code: str(names[code]) for code in labels}
+        self.malignant_codes: tuple[str, ...] = tuple(malignant)
+        self.config = config
+        self.thresholds: dict = thresholds
+        self.threshold = float(thresholds["malignant"])
+        self.version = meta.get("skinscan.version")
+        self._malignant_index = np.array([self.labels.index(code) for code in malignant], dtype=np.int64)
+
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        image = inputs.get(INPUT_NAME)
+        height, width = config.size
+        if image is None or image.type != "tensor(uint8)" or len(image.shape) != 4:
+            found = ", ".join(f"{i.name} {i.type} {i.shape}" for i in inputs.values())
+            raise ModelPackageError(f"the model's input must be `image` uint8 [N, H, W, 3]; found {found}")
+        dims = zip(image.shape[1:], (height, width, 3), ("height", "width", "channels"), strict=True)
+        for actual, expected, what in dims:
+            if isinstance(actual, int) and actual != expected:
+                raise ModelPackageError(f"the model's input {what} is {actual} but its metadata says {expected}")
+        if PROBABILITIES not in outputs:
+            raise ModelPackageError(f"the model has no `{PROBABILITIES}` output; found {', '.join(outputs)}")
+        columns = outputs[PROBABILITIES].shape[-1]
+        if isinstance(columns, int) and columns != len(self.labels):
+            raise ModelPackageError(f"the model outputs {columns} probabilities but its metadata has "
+                                    f"{len(self.labels)} labels")
+
+    def __repr__(self) -> str:
+        height, width = self.config.size
+        return (f"Classifier({self.path}, precision={self.precision!r}, input={height}x{width} "
+                f"{self.config.resize}, version={self.version!r})")
+
+    # ------------------------------------------------------------------------------------------ inference
+    def preprocess(self, image: ImageSource) -> np.ndarray:
+        """Decode and resize one image by this model's rule -> uint8 (H, W, 3). Raises ImageError."""
+        return preprocess_image(image, self.config)
+
+    def predict_arrays(self, images: np.ndarray) -> np.ndarray:
+        """The low-level path: uint8 [N, H, W, 3] RGB, already resized -> probabilities float32 [N, labels]."""
+        images = np.asarray(images)
+        expected = (*self.config.size, 3)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != expected:
+            raise ValueError(f"expected uint8 images of shape [N, {expected[0]}, {expected[1]}, 3], got "
+                             f"{images.dtype} {list(images.shape)} (one image: array[None]; decode and resize "
+                             "with Classifier.preprocess)")
+        if len(images) == 0:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        return self.session.run([PROBABILITIES], {INPUT_NAME: np.ascontiguousarray(images)})[0]
+
+    def prediction(self, probabilities: np.ndarray, source: str | None = None) -> Prediction:
+        """One row of `predict_arrays` -> a Prediction."""
+        row = np.asarray(probabilities, dtype=np.float64)
+        order = np.argsort(-row, kind="stable")[:TOP_K]
+        top = [(self.labels[i], self.label_names[self.labels[i]], float(row[i])) for i in order]
+        malignant_probability = float(row[self._malignant_index].sum())
+        return Prediction(
+            top=top,
+            probabilities={code: float(p) for code, p in zip(self.labels, row, strict=True)},
+            label=top[0][0],
+            malignant_probability=malignant_probability,
+            malignant=malignant_probability >= self.threshold,
+            source=source,
+        )
+
+    def classify(self, image: ImageSource, source: str | None = None) -> Prediction:
+        """A path, bytes, PIL image or numpy array -> Prediction. `source` defaults to the path, if any."""
+        if source is None and isinstance(image, (str, Path)):
+            source = str(image)
+        return self.prediction(self.predict_arrays(self.preprocess(image)[None])[0], source)
+
+    def classify_batch(self, images: Iterable[ImageSource], batch_size: int = 16,
+                       sources: Sequence[str | None] | None = None) -> list[Prediction]:
+        """Classify many images, running the model on batches of `batch_size`. Raises on the first bad image."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        images = list(images)
+        if sources is None:
+            sources = [str(image) if isinstance(image, (str, Path)) else None for image in images]
+        elif len(sources) != len(images):
+            raise ValueError(f"got {len(sources)} sources for {len(images)} images")
+        predictions = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            probabilities = self.predict_arrays(np.stack([self.preprocess(image) for image in chunk]))
+            rows = zip(probabilities, sources[start:start + batch_size], strict=True)
+            predictions += [self.prediction(row, source) for row, source in rows]
+        return predictions
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+def _is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
+def _images_under(folder: Path) -> list[Path]:
+    # Hidden files and folders are skipped: macOS `._name.jpg` resource forks and `.thumbnails` are not photos.
+    return sorted(p for p in folder.rglob("*")
+                  if _is_image_file(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def find_images(paths: Iterable[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Expand files, folders (recursively, image suffixes only, sorted) and glob patterns to image paths.
+
+    A file named explicitly is kept whatever its suffix (decoding will tell). Glob patterns are expanded
+    here (recursive `**` included) for shells that did not. Returns (images in order, without duplicates;
+    [(path, reason)] for arguments that matched nothing).
+    """
+    images: list[Path] = []
+    not_found: list[tuple[str, str]] = []
+    for argument in paths:
+        path = Path(argument).expanduser()
+        if path.is_dir():
+            found = _images_under(path)
+            if not found:
+                not_found.append((str(argument), f"no images ({' '.join(IMAGE_SUFFIXES)}) in this folder"))
+        elif path.is_file():
+            found = [path]
+        elif glob.has_magic(str(argument)):
+            found = []
+            for match in sorted(glob.glob(str(path), recursive=True)):
+                match = Path(match)
+                found += _images_under(match) if match.is_dir() else [match] if _is_image_file(match) else []
+            if not found:
+                not_found.append((str(argument), "the pattern matches no image"))
+        else:
+            found = []
+            not_found.append((str(argument), "no such file or folder"))
+        images += found
+    seen: set[Path] = set()
+    unique = []
+    for image in images:
+        key = image.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(image)
+    return unique, not_found
