@@ -123,9 +123,6 @@ def test_split_refuses_conflicting_lesions_and_bad_fractions():
             lesion_grouped_split(ok, fractions)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug: lesion_grouped_split does not check for empty lesion_id/dx: an empty dx crashes sorted() with "
-    "a TypeError (a traceback from `skinscan data split`), an empty lesion_id leaves the image's split empty"))
 @pytest.mark.parametrize("column", ["lesion_id", "dx"])
 def test_split_refuses_empty_required_fields(column):
     metadata = pd.DataFrame({"lesion_id": ["L1", "L2", "L3"], "image_id": ["a", "b", "c"], "dx": ["nv", "mel", "nv"]})
@@ -289,9 +286,6 @@ def test_empty_required_field(tmp_path, column):
     assert f"{column} x1" in report.format()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "known bug: validate_dataset drops rows with any empty required field before matching files, so the "
-    "image of a row that only lacks lesion_id/dx is also reported as 'not in the metadata'"))
 @pytest.mark.parametrize("column", ["lesion_id", "dx"])
 def test_empty_field_does_not_make_the_image_extra(tmp_path, column):
     folder = make_dataset(tmp_path / "d", rows=replace_row(CLEAN_ROWS, "ISIC_05", **{column: ""}))

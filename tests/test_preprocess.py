@@ -101,26 +101,19 @@ def test_center_crop_box_is_the_largest_centred_box_with_the_input_aspect(image_
     assert (right - left) == pytest.approx(width) or (bottom - top) == pytest.approx(height)
 
 
-CROP_BUG = pytest.mark.xfail(strict=True, raises=(AssertionError, ValueError), reason=(
-    "known bug: center_crop_box computes the box in floating point (target * scale, then (image - crop) / 2), "
-    "so when the crop spans a whole side it can start at -1.8e-15 or -2.8e-14 instead of 0; Pillow's resize "
-    "then raises ValueError(\"box offset can't be negative\"). Hits e.g. 600x450 (the original HAM10000 "
-    "size) at (224, 224), 450x600 at (168, 224), 29x29 at (224, 224): about 2-4% of all image sizes"))
-# (image size, input size) pairs whose box comes out a hair outside the image
-CROP_BUG_CASES = [((600, 450), (224, 224)), ((450, 600), (224, 224)), ((450, 600), (168, 224)),
+# (image size, input size) pairs whose box once came out a hair outside the image (floating point)
+CROP_EDGE_CASES = [((600, 450), (224, 224)), ((450, 600), (224, 224)), ((450, 600), (168, 224)),
                   ((600, 450), (224, 168)), ((29, 29), (224, 224)), ((16, 29), (27, 8))]
 
 
-@CROP_BUG
-@pytest.mark.parametrize(("image_size", "size"), CROP_BUG_CASES)
+@pytest.mark.parametrize(("image_size", "size"), CROP_EDGE_CASES)
 def test_center_crop_box_never_leaves_the_image(image_size, size):
     width, height = image_size
     left, top, right, bottom = center_crop_box(image_size, size)
     assert left >= 0 and top >= 0 and right <= width and bottom <= height, (left, top, right, bottom)
 
 
-@CROP_BUG
-@pytest.mark.parametrize(("image_size", "size"), CROP_BUG_CASES)
+@pytest.mark.parametrize(("image_size", "size"), CROP_EDGE_CASES)
 def test_center_crop_works_for_every_image_size(image_size, size):
     out = preprocess(Image.new("RGB", image_size, (10, 20, 30)), PreprocessConfig(size=size, resize="center_crop"))
     assert out.shape == (*size, 3)
@@ -254,10 +247,6 @@ def test_exif_orientation_of_an_opened_pil_image(tmp_path):
             assert red_side(image) == "top"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "known bug: load_image(path) opens the file itself (_open: open(source, 'rb')) and hands Pillow the file "
-    "object, which Pillow never closes; it is only closed when garbage-collected (ResourceWarning), on the "
-    "error path too"))
 @pytest.mark.parametrize("content", ["image", "text"])
 def test_load_image_closes_the_file_it_opens(tmp_path, content):
     path = tmp_path / "photo.jpg"
@@ -440,15 +429,9 @@ TRUNCATABLE = {"JPEG": noise_jpeg(24, 16), "PNG": encode(quadrants(24, 16), "PNG
                "WEBP": encode(quadrants(24, 16), "WEBP"), "BMP": encode(quadrants(24, 16), "BMP"),
                "GIF": encode(quadrants(24, 16).quantize(colors=4), "GIF"),
                "TIFF": encode(quadrants(24, 16), "TIFF")}
-KNOWN_BUG = pytest.mark.xfail(strict=True, raises=OSError, reason=(
-    "known bug: skinscan.preprocess._open catches only UnidentifiedImageError and DecompressionBombError from "
-    "Image.open, but Pillow's plugins raise OSError while parsing headers (a JPEG, PNG or BMP cut inside its "
-    "header: 'Truncated File Read'; any truncated WebP: 'could not create decoder object'; BMP: 'Unsupported "
-    "BMP pixel depth'), and that OSError escapes load_image/preprocess"))
 
 
-@pytest.mark.parametrize("fmt", [pytest.param(fmt, marks=KNOWN_BUG if fmt in ("JPEG", "PNG", "WEBP", "BMP") else ())
-                                 for fmt in TRUNCATABLE])
+@pytest.mark.parametrize("fmt", list(TRUNCATABLE))
 def test_image_truncated_anywhere_gives_image_error(fmt):
     data = TRUNCATABLE[fmt]
     for cut in range(len(data)):
@@ -526,13 +509,11 @@ def images(draw):
     return encode(image, "TIFF" if mode == "CMYK" else "PNG"), (width, height)
 
 
-def rules_with_known_crop_bug():
-    return pytest.mark.parametrize("rule", [
-        "stretch", pytest.param("center_crop", marks=pytest.mark.xfail(
-            strict=True, raises=ValueError, reason="known bug: see CROP_BUG (the explicit example always hits it)"))])
+def both_resize_rules():
+    return pytest.mark.parametrize("rule", ["stretch", "center_crop"])
 
 
-@rules_with_known_crop_bug()
+@both_resize_rules()
 @PROPERTY
 @example(source=(Image.new("RGB", (29, 29)), (29, 29)), height=224, width=224)
 @given(source=images(), height=st.integers(8, 256), width=st.integers(8, 256))
@@ -544,7 +525,7 @@ def test_preprocess_returns_the_configured_shape(source, height, width, rule):
     assert out.dtype == np.uint8
 
 
-@rules_with_known_crop_bug()
+@both_resize_rules()
 @PROPERTY
 @example(width=29, height=29, colour=(1, 2, 3), size=(224, 224), fmt="PNG")
 @given(width=st.integers(16, 400), height=st.integers(16, 400), colour=st.tuples(*[st.integers(0, 255)] * 3),
@@ -594,7 +575,7 @@ def jpeg_scan_start(data: bytes) -> int:
 
 
 # Valid images with bytes changed or cut off reach far deeper into the decoders than random bytes. JPEG and
-# PNG are damaged only after their headers: damage inside them hits the known bug (see KNOWN_BUG).
+# PNG are damaged only after their headers (header damage is covered by the truncation test).
 DAMAGEABLE = [
     (noise_jpeg(40, 30), jpeg_scan_start(noise_jpeg(40, 30))),
     (encode(quadrants(40, 30), "PNG"), png_idat_start(encode(quadrants(40, 30), "PNG"))),
@@ -613,7 +594,6 @@ def test_damaged_images_give_an_array_or_an_image_error(image, cut, changes):
     check_array_or_image_error(bytes(data))
 
 
-@KNOWN_BUG
 @PROPERTY
 @example(data=b"\xff\xd8\xff\xe0\x00\x10JF")  # a JPEG cut inside its first (APP0) segment
 @given(data=st.binary(max_size=512).map(lambda tail: b"BM" + tail) | st.binary(max_size=512))

@@ -134,6 +134,7 @@ def validate_dataset(data_dir: str | Path, check_images: bool = True) -> Validat
         empty = int(metadata[column].isna().sum() + (metadata[column].astype(str).str.strip() == "").sum())
         if empty:
             report.empty_fields[column] = empty
+    listed = set(metadata.image_id.dropna())  # rows with other empty fields still name their image
     metadata = metadata.dropna(subset=list(REQUIRED_COLUMNS))
     report.duplicate_ids = sorted(metadata.loc[metadata.image_id.duplicated(), "image_id"].unique())
     unknown = metadata.loc[~metadata.dx.isin(LABEL_CODES), "dx"].value_counts()
@@ -142,7 +143,6 @@ def validate_dataset(data_dir: str | Path, check_images: bool = True) -> Validat
     report.conflicting_lesions = sorted(diagnoses_per_lesion.index[diagnoses_per_lesion > 1])
 
     files = _image_files(data_dir / IMAGE_DIR)
-    listed = set(metadata.image_id)
     report.missing_images = sorted(listed - set(files))
     report.extra_images = sorted(set(files) - listed)
     if check_images:
@@ -177,6 +177,11 @@ def lesion_grouped_split(
     """
     if len(fractions) != len(SPLITS) or not np.isclose(sum(fractions), 1.0) or min(fractions) < 0:
         raise ValueError(f"fractions must be {len(SPLITS)} non-negative numbers summing to 1, got {fractions}")
+    for column in ("lesion_id", "dx"):
+        empty = metadata[column].isna() | (metadata[column].astype(str).str.strip() == "")
+        if empty.any():
+            raise DatasetError(f"{int(empty.sum())} metadata row(s) have an empty {column}, e.g. image "
+                               f"{metadata.loc[empty, 'image_id'].iloc[0]}; fix them (`skinscan data validate`)")
     conflicting = metadata.groupby("lesion_id").dx.nunique()
     if (conflicting > 1).any():
         raise DatasetError(f"lesion(s) with more than one diagnosis: {list(conflicting.index[conflicting > 1])[:5]}")

@@ -48,19 +48,28 @@ class PreprocessConfig:
 
 
 def _open(source: str | Path | bytes) -> Image.Image:
+    """Open lazily (header only). Paths are opened by Pillow itself, which closes the file after decoding."""
     name = "the image bytes" if isinstance(source, bytes) else str(source)
-    try:
-        stream = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
-    except OSError as error:
-        raise ImageError(f"cannot open {name}: {error.strerror or error}") from None
     if isinstance(source, bytes) and not source:
         raise ImageError("the image is empty (0 bytes); pass a JPEG or PNG photo")
+    if not isinstance(source, (bytes, str, Path)):
+        raise ImageError(f"cannot read an image from a {type(source).__name__}; pass a path, bytes, a PIL image "
+                         "or an HxWx3 uint8 array")
     try:
-        return Image.open(stream)
+        return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+    except FileNotFoundError:
+        raise ImageError(f"cannot open {name}: it does not exist") from None
+    except IsADirectoryError:
+        raise ImageError(f"cannot open {name}: it is a folder, not an image") from None
+    except PermissionError:
+        raise ImageError(f"cannot open {name}: permission denied") from None
     except UnidentifiedImageError:
         raise ImageError(f"{name} is not an image Pillow can read (JPEG, PNG, WebP, ...)") from None
     except Image.DecompressionBombError as error:
         raise ImageError(f"{name} is too large to decode safely ({error}); downscale it first") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        # Pillow reports damaged headers as OSError ("Truncated File Read", bad BMP depth, ...).
+        raise ImageError(f"{name} is damaged or truncated ({error}); re-export or re-take the photo") from None
 
 
 def load_image(source: ImageSource, min_size: tuple[int, int] | None = None) -> Image.Image:
@@ -149,9 +158,10 @@ def center_crop_box(image_size: tuple[int, int], size: tuple[int, int]) -> tuple
     image_width, image_height = image_size
     target_height, target_width = size
     scale = min(image_width / target_width, image_height / target_height)
-    crop_width, crop_height = target_width * scale, target_height * scale
-    left = (image_width - crop_width) / 2
-    top = (image_height - crop_height) / 2
+    # min() with the image side: floating point must never make the box leave the image (Pillow refuses it).
+    crop_width, crop_height = min(image_width, target_width * scale), min(image_height, target_height * scale)
+    left = max(0.0, (image_width - crop_width) / 2)
+    top = max(0.0, (image_height - crop_height) / 2)
     return (left, top, left + crop_width, top + crop_height)
 
 
