@@ -196,6 +196,23 @@ def _print_predictions_table(classifier, predictions) -> None:
           f"flagged SUSPICIOUS ({malignant} >= {classifier.threshold:.2f})")
 
 
+# ------------------------------------------------------------------------------------------- benchmark
+def cmd_benchmark(args) -> int:
+    # Torch-free unless --checkpoint asks for the PyTorch eager engine.
+    from skinscan.benchmark import format_table, run_benchmark, stderr_progress, write_json
+    from skinscan.manifest import IntegrityError
+
+    try:
+        report = run_benchmark(args.model, args.checkpoint, threads=args.threads, batches=args.batch,
+                               iterations=args.iterations, warmup=args.warmup, rounds=args.rounds,
+                               progress=stderr_progress)
+    except IntegrityError as error:
+        raise UsageError(str(error)) from None
+    print(format_table(report))
+    print(f"results: {write_json(report, args.json)}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
     from skinscan.data import default_data_dir
@@ -278,6 +295,20 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime threads (default: all cores)")
     pr.add_argument("--batch-size", type=positive_int, default=16)
     pr.set_defaults(func=cmd_predict)
+
+    be = verbs.add_parser("benchmark", help="latency and throughput: PyTorch eager vs ONNX FP32 vs INT8, sizes")
+    be.add_argument("--model", type=Path, default=None, help="model package folder (default: the bundled package)")
+    be.add_argument("--checkpoint", type=Path, default=None,
+                    help="training checkpoint: adds the PyTorch eager engine (needs torch)")
+    be.add_argument("--threads", type=positive_int, nargs="+", default=None,
+                    help="thread counts to measure (default: 1 and all cores)")
+    be.add_argument("--batch", type=positive_int, nargs="+", default=[1], help="batch sizes to measure")
+    be.add_argument("--iterations", type=positive_int, default=200, help="timed calls per engine and setting")
+    be.add_argument("--warmup", type=int, default=20, help="untimed calls per engine and setting first")
+    be.add_argument("--rounds", type=positive_int, default=5,
+                    help="interleaved rounds the iterations are split into (the best round's median is kept)")
+    be.add_argument("--json", type=Path, default=Path("runs/benchmark.json"), help="where the JSON results go")
+    be.set_defaults(func=cmd_benchmark)
     return parser
 
 

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
+from tqdm import tqdm
 
-from skinscan.labels import LABEL_CODES
+from skinscan.labels import LABEL_CODES, label_index
+from skinscan.preprocess import PreprocessConfig, preprocess
 
 METADATA_FILE = "HAM10000_metadata.csv"
 IMAGE_DIR = "images"
@@ -123,6 +126,38 @@ def _image_files(image_dir: Path) -> dict[str, Path]:
     if not image_dir.is_dir():
         return {}
     return {path.stem: path for path in image_dir.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES}
+
+
+def decode_images(paths: list[Path], config: PreprocessConfig, threads: int = 2, desc: str = "decode") -> np.ndarray:
+    """Decode and resize every image once into one uint8 array (N, H, W, 3): the in-memory cache.
+
+    Pillow releases the GIL while decoding, so a small thread pool uses all cores.
+    """
+    images = np.empty((len(paths), *config.size, 3), dtype=np.uint8)
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        results = pool.map(lambda p: preprocess(p, config), paths)
+        for i, array in enumerate(tqdm(results, total=len(paths), desc=desc, leave=False, unit="img")):
+            images[i] = array
+    return images
+
+
+def load_split_images(data_dir: str | Path, split_csv: str | Path, part: str, config: PreprocessConfig,
+                      max_images: int = 0, seed: int = 0, threads: int = 2) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Decoded model inputs (uint8 N,H,W,3), label indices and image ids of one part of a split.
+
+    `max_images` > 0 takes a small class-stratified subset (at least 2 images of every class): for tests.
+    """
+    split = read_split(split_csv)
+    rows = split[split.split == part]
+    if max_images:
+        per_class = max(2, max_images // len(LABEL_CODES))
+        rows = rows.groupby("dx").head(per_class) if rows.dx.value_counts().min() < per_class else \
+            rows.groupby("dx").sample(n=per_class, replace=False, random_state=seed)
+        rows = rows.sort_index()
+    paths = image_paths(data_dir, rows.image_id.tolist())
+    images = decode_images(paths, config, threads=threads, desc=f"decode {part}")
+    labels = np.array([label_index(dx) for dx in rows.dx], dtype=np.int64)
+    return images, labels, rows.image_id.tolist()
 
 
 def validate_dataset(data_dir: str | Path, check_images: bool = True) -> ValidationReport:

@@ -15,24 +15,34 @@ The edits below remove both, each exact up to quantization rounding (see the fun
 
 from __future__ import annotations
 
+import json
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import helper, numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from skinscan.data import load_split_images
+from skinscan.labels import LABEL_CODES
+from skinscan.manifest import verify_file, write_manifest
+from skinscan.metrics import classification_metrics
+from skinscan.preprocess import PreprocessConfig
+
 PIXEL_ZERO_POINT = 128  # the stem reads pixels as (pixel - 128) * 1.0
 _DELETED = "__deleted__"
+FP32_FILE, INT8_FILE = "skinscan.onnx", "skinscan-int8.onnx"
 
 
 class ImageCalibrationReader(CalibrationDataReader):
     """Feeds real training images (uint8 NHWC, already resized) to the calibrator, a few at a time."""
 
-    def __init__(self, images: np.ndarray, input_name: str = "image", batch_size: int = 8):
+    def __init__(self, images: np.ndarray, input_name: str = "image", batch_size: int = 1):
         self.images, self.input_name, self.batch_size = images, input_name, batch_size
         self._batches: Iterator | None = None
 
@@ -269,3 +279,70 @@ def quantize_package_model(fp32_path: str | Path, int8_path: str | Path, calibra
     onnx.save(model, str(int8_path))
     return {"format": "QOperator", "per_channel": per_channel, "calibrate_method": calibrate_method,
             "calibration_images": int(len(calibration_images)), "graph_edits": graph_edits, **counts}
+
+
+# --------------------------------------------------------------------------------------- package step
+def sample_calibration_images(data_dir: str | Path, split_csv: str | Path, config: PreprocessConfig,
+                              count: int = 256, seed: int = 0) -> np.ndarray:
+    """`count` training-split images, class-stratified (each class gets its share, rare ones at least a few).
+
+    Calibration only sees training images: never the val/test images the report scores.
+    """
+    return load_split_images(data_dir, split_csv, "train", config, max_images=count, seed=seed)[0]
+
+
+def session(path: str | Path, threads: int = 1) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_probabilities(path: str | Path, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    runner = session(path, threads=os.cpu_count() or 1)
+    return np.concatenate([runner.run(["probabilities"], {"image": images[i:i + batch_size]})[0]
+                           for i in range(0, len(images), batch_size)])
+
+
+def compare_precisions(fp32_path: Path, int8_path: Path, images: np.ndarray, labels: np.ndarray,
+                       latency_iterations: int = 200) -> dict:
+    """Accuracy of both graphs on the same images, their agreement, sizes and 1-thread batch-1 latency."""
+    from skinscan.benchmark import compare_latency
+
+    fp32 = onnx_probabilities(fp32_path, images)
+    int8 = onnx_probabilities(int8_path, images)
+    result = {"images": int(len(labels)), "top1_agreement": float((fp32.argmax(1) == int8.argmax(1)).mean()),
+              "max_probability_difference": float(np.abs(fp32 - int8).max())}
+    for name, probabilities in (("fp32", fp32), ("int8", int8)):
+        metrics = classification_metrics(labels, probabilities, list(LABEL_CODES), n_bootstrap=0)
+        result[name] = {"balanced_accuracy": metrics["balanced_accuracy"], "macro_auc": metrics["macro_auc"],
+                        "melanoma_sensitivity": metrics["per_class"]["mel"]["sensitivity"],
+                        "megabytes": Path(fp32_path if name == "fp32" else int8_path).stat().st_size / 1e6}
+    result["balanced_accuracy_drop_points"] = 100 * (result["fp32"]["balanced_accuracy"]
+                                                     - result["int8"]["balanced_accuracy"])
+    result["latency"] = compare_latency({"fp32": fp32_path, "int8": int8_path}, images[:1],
+                                        iterations=latency_iterations)
+    return result
+
+
+def quantize_package(package_dir: str | Path, data_dir: str | Path, split_csv: str | Path, part: str = "test",
+                     calibration_count: int = 256, calibrate_method: str = "Percentile", graph_edits: bool = True,
+                     seed: int = 0) -> dict:
+    """Add `skinscan-int8.onnx` to a model package, compare it with FP32 on `part`, update the manifest.
+
+    Writes `quantization.json` (the report) into the package: it travels with the model it describes.
+    """
+    package_dir = Path(package_dir)
+    fp32_path, int8_path = package_dir / FP32_FILE, package_dir / INT8_FILE
+    verify_file(package_dir, FP32_FILE)
+    metadata = {p.key: json.loads(p.value) for p in onnx.load(str(fp32_path)).metadata_props}
+    config = PreprocessConfig.from_json(metadata["skinscan.preprocess"])
+    calibration = sample_calibration_images(data_dir, split_csv, config, calibration_count, seed)
+    settings = quantize_package_model(fp32_path, int8_path, calibration, calibrate_method=calibrate_method,
+                                      graph_edits=graph_edits)
+    images, labels, _ = load_split_images(data_dir, split_csv, part, config)
+    report = {"settings": settings, "evaluated_on": part, **compare_precisions(fp32_path, int8_path, images, labels)}
+    (package_dir / "quantization.json").write_text(json.dumps(report, indent=2))
+    write_manifest(package_dir)
+    return report

@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -27,14 +27,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from skinscan.augment import AugmentConfig, augment_batch, to_model_input
-from skinscan.data import image_paths, read_split
-from skinscan.labels import LABEL_CODES, label_index
+from skinscan.data import load_split_images
+from skinscan.labels import LABEL_CODES
 from skinscan.model import create_model, model_from_checkpoint
-from skinscan.preprocess import PreprocessConfig, preprocess
+from skinscan.preprocess import PreprocessConfig
 
 log = logging.getLogger("skinscan.train")
 
@@ -80,19 +81,6 @@ class TrainConfig:
 
 
 # ----------------------------------------------------------------------------------------------- data
-def decode_images(paths: list[Path], config: PreprocessConfig, threads: int = 2, desc: str = "decode") -> np.ndarray:
-    """Decode and resize every image once into one uint8 array (N, H, W, 3): the in-memory cache.
-
-    Pillow releases the GIL while decoding, so a small thread pool uses all cores.
-    """
-    images = np.empty((len(paths), *config.size, 3), dtype=np.uint8)
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        results = pool.map(lambda p: preprocess(p, config), paths)
-        for i, array in enumerate(tqdm(results, total=len(paths), desc=desc, leave=False, unit="img")):
-            images[i] = array
-    return images
-
-
 @dataclass
 class SplitData:
     images: torch.Tensor   # uint8 (N, H, W, 3)
@@ -101,26 +89,14 @@ class SplitData:
 
 
 def load_split_data(config: TrainConfig, parts=("train", "val")) -> dict[str, SplitData]:
-    split = read_split(config.split_csv)
     preprocess_config = PreprocessConfig(tuple(config.input_size), config.resize)
     result = {}
     for part in parts:
-        rows = split[split.split == part]
-        if config.max_images:
-            rows = _stratified_subset(rows, config.max_images, config.seed)
-        paths = image_paths(config.data_dir, rows.image_id.tolist())
-        images = decode_images(paths, preprocess_config, threads=_threads(config), desc=f"decode {part}")
-        labels = torch.tensor([label_index(dx) for dx in rows.dx], dtype=torch.long)
-        result[part] = SplitData(torch.from_numpy(images), labels, rows.image_id.tolist())
+        images, labels, image_ids = load_split_images(config.data_dir, config.split_csv, part, preprocess_config,
+                                                      max_images=config.max_images, seed=config.seed,
+                                                      threads=_threads(config))
+        result[part] = SplitData(torch.from_numpy(images), torch.from_numpy(labels), image_ids)
     return result
-
-
-def _stratified_subset(rows, n: int, seed: int):
-    # At least 2 images of every class, the rest proportional: tiny but still 7-class.
-    per_class = max(2, n // len(LABEL_CODES))
-    return rows.groupby("dx").sample(n=per_class, replace=False, random_state=seed).sort_index() \
-        if rows.dx.value_counts().min() >= per_class else \
-        rows.groupby("dx").head(per_class).sort_index()
 
 
 def class_counts(labels: torch.Tensor, num_classes: int = len(LABEL_CODES)) -> torch.Tensor:
@@ -194,9 +170,16 @@ def set_backbone_trainable(model, trainable: bool) -> None:
 
 # ------------------------------------------------------------------------------------- train / predict
 def train_one_epoch(model, ema, data: SplitData, optimizer, scheduler, config: TrainConfig,
-                    epoch: int, log_prior: torch.Tensor, device: torch.device) -> dict:
-    """One pass of `len(train)` square-root-balanced samples; returns mean loss and accuracy."""
+                    epoch: int, log_prior: torch.Tensor, device: torch.device,
+                    prepare: Callable[[nn.Module], None] | None = None) -> dict:
+    """One pass of `len(train)` square-root-balanced samples; returns mean loss and accuracy.
+
+    `ema` may be None (no weight averaging); `prepare(model)` runs after `model.train()` (e.g. to freeze
+    BatchNorm statistics for quantization-aware fine-tuning).
+    """
     model.train()
+    if prepare is not None:
+        prepare(model)
     weights, _ = sampling_weights(data.labels, config.sampling_power)
     # Every random draw of the epoch (sampling, augmentation, dropout) is seeded from (seed, epoch), so a
     # resumed run replays exactly the epochs an uninterrupted run would have.
@@ -221,7 +204,8 @@ def train_one_epoch(model, ema, data: SplitData, optimizer, scheduler, config: T
         loss.backward()
         optimizer.step()
         scheduler.step()
-        ema.update_parameters(model)
+        if ema is not None:
+            ema.update_parameters(model)
         total_loss += loss.item() * len(index)
         correct += (logits.argmax(1) == labels).sum().item()
         seen += len(index)
