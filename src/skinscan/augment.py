@@ -18,7 +18,7 @@ import torch.nn.functional as F
 class AugmentConfig:
     rotation: bool = True              # any angle (dermoscopy is rotation invariant)
     flip: bool = True                  # horizontal and vertical mirror
-    zoom: tuple[float, float] = (1.0, 1.6)   # >1 zooms in (a crop of 1/zoom^2 of the area)
+    zoom: tuple[float, float] = (0.85, 1.35)  # >1 zooms in, <1 out (reflection fills the border)
     aspect: tuple[float, float] = (0.85, 1.18)
     shift: float = 0.1                 # max translation, as a fraction of the frame
     brightness: float = 0.2

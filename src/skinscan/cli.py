@@ -59,7 +59,7 @@ def cmd_train(args) -> int:
         warmup_epochs=args.warmup_epochs, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
         sampling_power=args.sampling_power, logit_adjustment=args.logit_adjustment, ema_decay=args.ema_decay,
-        augment=AugmentConfig(), seed=args.seed, threads=args.threads, device=args.device,
+        augment=AugmentConfig(zoom=tuple(args.zoom)), seed=args.seed, threads=args.threads, device=args.device,
         max_images=args.max_images,
     )
     best = train(config, resume=args.resume)
@@ -197,6 +197,33 @@ def _print_predictions_table(classifier, predictions) -> None:
 
 
 # ------------------------------------------------------------------------------------------- benchmark
+def cmd_qat(args) -> int:
+    from skinscan.qat import quantization_aware_finetune
+
+    best = quantization_aware_finetune(args.checkpoint, args.out, args.data, args.split, epochs=args.epochs,
+                                       lr=args.lr, threads=args.threads)
+    print(f"quantization-aware checkpoint: {best} (history: {Path(args.out) / 'qat_history.json'})")
+    print(f"next: skinscan export --checkpoint {best} --out PACKAGE && skinscan quantize --model PACKAGE")
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    from skinscan.quantize import quantize_package
+
+    report = quantize_package(args.model, args.data, args.split, part=args.part,
+                              calibration_count=args.calibration_images, calibrate_method=args.method,
+                              graph_edits=not args.no_graph_edits, seed=args.seed)
+    latency = report["latency"]
+    print(f"{args.part}: balanced accuracy FP32 {report['fp32']['balanced_accuracy']:.3f} -> INT8 "
+          f"{report['int8']['balanced_accuracy']:.3f} ({report['balanced_accuracy_drop_points']:+.1f} points lost); "
+          f"top-1 agreement {report['top1_agreement']:.3f}")
+    print(f"latency (1 thread, batch 1): FP32 {latency['fp32']['median_ms']:.2f} ms, INT8 "
+          f"{latency['int8']['median_ms']:.2f} ms -> {latency['int8_vs_fp32']:.2f}x; size "
+          f"{report['fp32']['megabytes']:.1f} MB -> {report['int8']['megabytes']:.1f} MB")
+    print(f"INT8 model: {Path(args.model) / 'skinscan-int8.onnx'}; report: {Path(args.model) / 'quantization.json'}")
+    return 0
+
+
 def cmd_benchmark(args) -> int:
     # Torch-free unless --checkpoint asks for the PyTorch eager engine.
     from skinscan.benchmark import format_table, run_benchmark, stderr_progress, write_json
@@ -247,10 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
                     choices=["mobilenet_v3_small", "mobilenet_v3_large", "mobilenet_v2"])
     tr.add_argument("--pretrained", default="imagenet",
                     help="'imagenet' (torchvision download) or a local state_dict .pth with its .json beside it")
-    tr.add_argument("--input-size", type=int, nargs=2, default=(168, 224), metavar=("H", "W"))
+    tr.add_argument("--input-size", type=int, nargs=2, default=(210, 280), metavar=("H", "W"))
     tr.add_argument("--resize", default="center_crop", choices=["center_crop", "stretch"])
     tr.add_argument("--warmup-epochs", type=int, default=1, help="head-only epochs with the backbone frozen")
-    tr.add_argument("--epochs", type=int, default=20, help="full fine-tuning epochs")
+    tr.add_argument("--epochs", type=int, default=12, help="full fine-tuning epochs")
     tr.add_argument("--batch-size", type=int, default=64)
     tr.add_argument("--lr", type=float, default=1e-3)
     tr.add_argument("--weight-decay", type=float, default=0.05)
@@ -258,7 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--sampling-power", type=float, default=0.5,
                     help="class-balanced sampling strength: 0 natural, 0.5 square-root, 1 fully balanced")
     tr.add_argument("--logit-adjustment", type=float, default=1.0, help="tau of the logit-adjusted loss (0 = off)")
-    tr.add_argument("--ema-decay", type=float, default=0.998)
+    tr.add_argument("--ema-decay", type=float, default=0.995)
+    tr.add_argument("--zoom", type=float, nargs=2, default=(0.85, 1.35), metavar=("MIN", "MAX"),
+                    help="random zoom range of the augmentation (>1 zooms in)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
     tr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -282,6 +311,27 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", type=Path, default=Path("runs/package"))
     ex.add_argument("--threads", type=int, default=0)
     ex.set_defaults(func=cmd_export)
+
+    qa = verbs.add_parser("qat", help="quantization-aware fine-tuning of a checkpoint (INT8 simulated)")
+    qa.add_argument("--checkpoint", type=Path, default=Path("runs/train/best.pt"))
+    qa.add_argument("--data", type=Path, default=default_data_dir())
+    qa.add_argument("--split", type=Path, default=Path("runs/split.csv"))
+    qa.add_argument("--out", type=Path, default=Path("runs/qat"))
+    qa.add_argument("--epochs", type=int, default=2)
+    qa.add_argument("--lr", type=float, default=1e-4)
+    qa.add_argument("--threads", type=int, default=0)
+    qa.set_defaults(func=cmd_qat)
+
+    qu = verbs.add_parser("quantize", help="add a static INT8 model to a package; accuracy/latency report")
+    qu.add_argument("--model", type=Path, default=Path("runs/package"), help="model package folder")
+    qu.add_argument("--data", type=Path, default=default_data_dir())
+    qu.add_argument("--split", type=Path, default=Path("runs/split.csv"))
+    qu.add_argument("--part", default="test", choices=["val", "test"], help="split part the report scores")
+    qu.add_argument("--calibration-images", type=int, default=256, help="training images used to calibrate")
+    qu.add_argument("--method", default="Percentile", choices=["MinMax", "Percentile", "Entropy"])
+    qu.add_argument("--no-graph-edits", action="store_true", help="plain quantize_static output (slower)")
+    qu.add_argument("--seed", type=int, default=0)
+    qu.set_defaults(func=cmd_quantize)
 
     pr = verbs.add_parser("predict", help="classify images with a model package (ONNX Runtime, no torch)")
     pr.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (searched recursively) or globs")

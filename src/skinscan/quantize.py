@@ -72,7 +72,15 @@ class GraphIndex:
                 self.consumers.setdefault(name, []).append(node)
 
     def value(self, name: str) -> np.ndarray:
-        return numpy_helper.to_array(self.initializers[name])
+        """A constant tensor: an initializer, or one behind Identity / Constant nodes (the exporter emits both)."""
+        if name in self.initializers:
+            return numpy_helper.to_array(self.initializers[name])
+        node = self.producer.get(name)
+        if node is not None and node.op_type == "Identity":
+            return self.value(node.input[0])
+        if node is not None and node.op_type == "Constant":
+            return numpy_helper.to_array(node.attribute[0].t)
+        raise KeyError(f"{name} is not a constant of the graph")
 
     def set_value(self, name: str, array: np.ndarray) -> None:
         self.initializers[name].CopyFrom(numpy_helper.from_array(array, name))
@@ -291,12 +299,14 @@ def sample_calibration_images(data_dir: str | Path, split_csv: str | Path, confi
     return load_split_images(data_dir, split_csv, "train", config, max_images=count, seed=seed)[0]
 
 
-def session(path: str | Path, threads: int = 1) -> ort.InferenceSession:
+def session(path: str | Path | bytes, threads: int = 1) -> ort.InferenceSession:
+    """A CPU session on a file path or serialized model bytes."""
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def onnx_probabilities(path: str | Path, images: np.ndarray, batch_size: int = 64) -> np.ndarray:

@@ -1,0 +1,150 @@
+"""INT8 quantization: each graph edit keeps the model's outputs (within quantization noise), and the package step."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+torch = pytest.importorskip("torch", reason="building a test model needs the `train` extra (torch)")
+
+from skinscan.data import lesion_grouped_split, load_split_images, read_metadata, write_split  # noqa: E402
+from skinscan.export import export_onnx, package_metadata  # noqa: E402
+from skinscan.manifest import verify_file, write_manifest  # noqa: E402
+from skinscan.model import create_model  # noqa: E402
+from skinscan.preprocess import PreprocessConfig  # noqa: E402
+from skinscan.quantize import (  # noqa: E402
+    feed_pixels_to_stem,
+    fold_normalization_into_stem,
+    fuse_hardsigmoid_gates,
+    onnx_probabilities,
+    quantize_package,
+    quantize_package_model,
+    session,
+)
+
+SIZE = PreprocessConfig((96, 128), "center_crop")
+
+
+@pytest.fixture(scope="module")
+def split_csv(ham10000_dir, tmp_path_factory):
+    path = tmp_path_factory.mktemp("split") / "split.csv"
+    write_split(lesion_grouped_split(read_metadata(ham10000_dir), seed=0), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def lesion_images(ham10000_dir, split_csv):
+    return load_split_images(ham10000_dir, split_csv, "val", SIZE, max_images=70)[0]
+
+
+@pytest.fixture(scope="module")
+def fp32_package(tmp_path_factory, pretrained_v3_small, lesion_images):
+    """An ImageNet backbone with a head fitted to spread its logits: realistic activations, no training."""
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v3_small", pretrained=pretrained_v3_small).eval()
+    torch.nn.init.normal_(model.net.classifier[-1].weight, std=0.3)
+    package = tmp_path_factory.mktemp("package")
+    export_onnx(model, SIZE, package / "skinscan.onnx", 1.0,
+                package_metadata(SIZE, model.config.to_json(), 1.0, {"malignant": 0.3}))
+    write_manifest(package)
+    return package
+
+
+def logits(model_or_path, images):
+    path = model_or_path
+    if isinstance(model_or_path, onnx.ModelProto):
+        path = model_or_path.SerializeToString()
+    return session(path).run(["logits"], {"image": images})[0]
+
+
+def test_folding_the_normalisation_keeps_the_fp32_outputs(fp32_package, lesion_images):
+    original = onnx.load(str(fp32_package / "skinscan.onnx"))
+    folded = fold_normalization_into_stem(onnx.load(str(fp32_package / "skinscan.onnx")))
+    assert [n.op_type for n in folded.graph.node].count("Div") == 0
+    reference, edited = logits(original, lesion_images), logits(folded, lesion_images)
+    # Only the one-pixel border of the stem sees pixel 128 instead of the mean 127.5 (0.4% of the
+    # normalised range): far below INT8's own noise, though global pooling spreads it a little everywhere.
+    assert np.abs(edited - reference).max() < 0.02 * np.abs(reference).max()
+    assert np.abs(edited - reference).mean() < 0.005 * np.abs(reference).mean()
+    assert (edited.argmax(1) == reference.argmax(1)).all()
+
+
+@pytest.fixture(scope="module")
+def quantized_pair(fp32_package, lesion_images, tmp_path_factory):
+    """The same calibration, with and without the speed edits."""
+    folder = tmp_path_factory.mktemp("int8")
+    calibration = lesion_images[:24]
+    quantize_package_model(fp32_package / "skinscan.onnx", folder / "plain.onnx", calibration,
+                           calibrate_method="MinMax", graph_edits=False)
+    settings = quantize_package_model(fp32_package / "skinscan.onnx", folder / "edited.onnx", calibration,
+                                      calibrate_method="MinMax", graph_edits=True)
+    return folder / "plain.onnx", folder / "edited.onnx", settings
+
+
+def test_graph_edits_remove_the_float_round_trips(quantized_pair):
+    plain, edited, settings = quantized_pair
+    assert settings["squeeze_excite"] == 9 and settings["hardswish"] == 19  # MobileNetV3-Small's gates
+    plain_ops = [n.op_type for n in onnx.load(str(plain)).graph.node]
+    edited_ops = [n.op_type for n in onnx.load(str(edited)).graph.node]
+    assert plain_ops.count("HardSigmoid") == 28 and plain_ops.count("Sub") == 1
+    for op in ("HardSigmoid", "Sub", "Div", "Cast", "QuantizeLinear"):
+        assert op not in edited_ops, op
+    assert edited_ops.count("DequantizeLinear") <= 2  # only before the float outputs
+
+
+def test_edited_int8_graph_matches_the_unedited_one_within_quantization_noise(quantized_pair, fp32_package,
+                                                                            lesion_images):
+    plain, edited, _ = quantized_pair
+    fp32 = logits(fp32_package / "skinscan.onnx", lesion_images)
+    plain_logits, edited_logits = logits(plain, lesion_images), logits(edited, lesion_images)
+    quantization_noise = np.abs(plain_logits - fp32).mean()
+    assert quantization_noise > 0  # the INT8 graph really is quantized
+    # The edits change rounding (gates at 1/255 resolution, pixels read exactly) but not the function:
+    # their difference from the plain INT8 graph is of the same order as INT8's own error.
+    assert np.abs(edited_logits - plain_logits).mean() < 2.0 * quantization_noise
+    # The edited graph is as faithful to FP32 as the plain INT8 graph is.
+    correlation = {name: np.corrcoef(values.ravel(), fp32.ravel())[0, 1]
+                   for name, values in (("plain", plain_logits), ("edited", edited_logits))}
+    assert correlation["edited"] > correlation["plain"] - 0.02
+    agreement = {name: (values.argmax(1) == fp32.argmax(1)).mean()
+                 for name, values in (("plain", plain_logits), ("edited", edited_logits))}
+    assert agreement["edited"] >= agreement["plain"] - 0.05
+
+
+def test_each_int8_edit_alone_stays_within_quantization_noise(quantized_pair, fp32_package, lesion_images, tmp_path):
+    plain, _, _ = quantized_pair
+    fp32 = logits(fp32_package / "skinscan.onnx", lesion_images)
+    reference = logits(plain, lesion_images)
+    noise = np.abs(reference - fp32).mean()  # what INT8 itself costs
+
+    fused, counts = fuse_hardsigmoid_gates(onnx.load(str(plain)))
+    onnx.checker.check_model(fused)
+    assert counts == {"squeeze_excite": 9, "hardswish": 19}
+    assert np.abs(logits(fused, lesion_images) - reference).mean() < 0.75 * noise
+
+    # The pixel edit needs the FP32 normalisation folded first, then quantized.
+    onnx.save(fold_normalization_into_stem(onnx.load(str(fp32_package / "skinscan.onnx"))), str(tmp_path / "f.onnx"))
+    quantize_package_model(tmp_path / "f.onnx", tmp_path / "q.onnx", lesion_images[:24], calibrate_method="MinMax",
+                           graph_edits=False)
+    before = onnx.load(str(tmp_path / "q.onnx"))
+    after = feed_pixels_to_stem(onnx.load(str(tmp_path / "q.onnx")))
+    assert "Cast" not in [n.op_type for n in after.graph.node]
+    # Pixels are now read exactly instead of through a calibrated scale: a rounding-level change.
+    assert np.abs(logits(after, lesion_images) - logits(before, lesion_images)).mean() < 0.5 * noise
+
+
+def test_quantize_package_adds_a_verified_int8_model_and_a_report(fp32_package, ham10000_dir, split_csv):
+    report = quantize_package(fp32_package, ham10000_dir, split_csv, part="val", calibration_count=21,
+                              calibrate_method="MinMax")
+    int8 = fp32_package / "skinscan-int8.onnx"
+    verify_file(fp32_package, "skinscan-int8.onnx")  # listed in the manifest, hash matches
+    assert int8.stat().st_size < 0.4 * (fp32_package / "skinscan.onnx").stat().st_size
+    metadata = {p.key: p.value for p in onnx.load(str(int8)).metadata_props}
+    assert json.loads(metadata["skinscan.labels"]) == ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    saved = json.loads((fp32_package / "quantization.json").read_text())
+    assert saved["evaluated_on"] == "val" and 0 <= saved["top1_agreement"] <= 1
+    assert saved["latency"]["fp32"]["median_ms"] > 0 and saved["latency"]["int8"]["median_ms"] > 0
+    assert report["int8"]["megabytes"] < report["fp32"]["megabytes"]
+    probabilities = onnx_probabilities(int8, np.zeros((2, 96, 128, 3), np.uint8))
+    np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-3)
