@@ -224,6 +224,15 @@ def cmd_quantize(args) -> int:
     return 0
 
 
+def cmd_card(args) -> int:
+    from skinscan.model_card import write_model_card
+
+    notes = Path(args.notes).read_text() if args.notes else ""
+    path = write_model_card(args.model, args.evaluation, args.command, notes)
+    print(f"model card: {path}")
+    return 0
+
+
 def cmd_benchmark(args) -> int:
     # Torch-free unless --checkpoint asks for the PyTorch eager engine.
     from skinscan.benchmark import format_table, run_benchmark, stderr_progress, write_json
@@ -332,6 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
     qu.add_argument("--no-graph-edits", action="store_true", help="plain quantize_static output (slower)")
     qu.add_argument("--seed", type=int, default=0)
     qu.set_defaults(func=cmd_quantize)
+
+    ca = verbs.add_parser("card", help="write MODEL_CARD.md into a package from the measured numbers")
+    ca.add_argument("--model", type=Path, default=Path("runs/package"))
+    ca.add_argument("--evaluation", type=Path, default=Path("runs/evaluation"), help="folder with metrics.json")
+    ca.add_argument("--command", default="bash scripts/reproduce.sh", help="the command that reproduces the model")
+    ca.add_argument("--notes", type=Path, help="markdown file appended to the reproduction section")
+    ca.set_defaults(func=cmd_card)
 
     pr = verbs.add_parser("predict", help="classify images with a model package (ONNX Runtime, no torch)")
     pr.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (searched recursively) or globs")

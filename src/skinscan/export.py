@@ -8,8 +8,6 @@ cast, NHWC->NCHW, normalisation, the network, temperature scaling and softmax. T
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import warnings
 from datetime import date
 from pathlib import Path
@@ -22,6 +20,7 @@ from torch import nn
 from skinscan import __version__
 from skinscan.labels import DIAGNOSES, LABEL_CODES
 from skinscan.model import SkinLesionNet
+from skinscan.ort_mobile import convert_to_ort
 from skinscan.preprocess import PreprocessConfig
 
 INPUT_NAME = "image"
@@ -103,20 +102,6 @@ def export_onnx(model: SkinLesionNet, preprocess: PreprocessConfig, path: str | 
 def torch_probabilities(model: SkinLesionNet, images_uint8_nhwc: np.ndarray, temperature: float) -> np.ndarray:
     with torch.no_grad():
         return PackagedModel(model, temperature)(torch.from_numpy(images_uint8_nhwc))[0].numpy()
-
-
-def convert_to_ort(onnx_path: str | Path) -> list[Path]:
-    """ONNX Runtime Mobile form (`.ort`) and its required-operators config, for native apps' reduced builds."""
-    onnx_path = Path(onnx_path)
-    command = [sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(onnx_path),
-               "--output_dir", str(onnx_path.parent), "--optimization_style", "Fixed"]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        output = result.stdout[-2000:] + result.stderr[-2000:]
-        raise RuntimeError(f"ORT format conversion failed for {onnx_path}:\n{output}")
-    ort_path = onnx_path.with_suffix(".ort")
-    config_path = onnx_path.with_suffix(".required_operators.config")
-    return [p for p in (ort_path, config_path) if p.is_file()]
 
 
 def malignant_threshold(probabilities: np.ndarray, labels: np.ndarray, min_sensitivity: float = 0.90) -> dict:

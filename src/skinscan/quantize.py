@@ -32,6 +32,7 @@ from skinscan.data import load_split_images
 from skinscan.labels import LABEL_CODES
 from skinscan.manifest import verify_file, write_manifest
 from skinscan.metrics import classification_metrics
+from skinscan.ort_mobile import convert_to_ort
 from skinscan.preprocess import PreprocessConfig
 
 PIXEL_ZERO_POINT = 128  # the stem reads pixels as (pixel - 128) * 1.0
@@ -354,5 +355,6 @@ def quantize_package(package_dir: str | Path, data_dir: str | Path, split_csv: s
     images, labels, _ = load_split_images(data_dir, split_csv, part, config)
     report = {"settings": settings, "evaluated_on": part, **compare_precisions(fp32_path, int8_path, images, labels)}
     (package_dir / "quantization.json").write_text(json.dumps(report, indent=2))
+    convert_to_ort(int8_path)  # the ORT Mobile form for native apps' reduced runtimes
     write_manifest(package_dir)
     return report
