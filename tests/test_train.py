@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 torch = pytest.importorskip("torch", reason="training needs the `train` extra (torch)")
@@ -10,6 +11,8 @@ torch = pytest.importorskip("torch", reason="training needs the `train` extra (t
 from skinscan import train as train_module  # noqa: E402
 from skinscan.data import lesion_grouped_split, read_metadata, write_split  # noqa: E402
 from skinscan.evaluate import evaluate_checkpoint  # noqa: E402
+from skinscan.export import build_package, torch_probabilities  # noqa: E402
+from skinscan.manifest import verify_file  # noqa: E402
 from skinscan.train import TrainConfig, load_checkpoint, load_model, train  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -52,6 +55,19 @@ def test_train_then_evaluate(ham10000_dir, split_csv, pretrained_v3_small, tmp_p
     np.testing.assert_allclose(predictions.sum(1), 1.0, atol=1e-5)
     assert 0 <= metrics["balanced_accuracy"] <= 1 and metrics["calibration"]["temperature"] > 0
     assert "## Calibration" in (tmp_path / "eval" / "report.md").read_text()
+
+    # The checkpoint packages into the contract ONNX graph, calibrated on val, with its ORT Mobile form.
+    metadata = build_package(best, ham10000_dir, split_csv, tmp_path / "package", threads=2)
+    for name in ("skinscan.onnx", "skinscan.ort", "skinscan.required_operators.config", "manifest.json"):
+        assert (tmp_path / "package" / name).is_file(), name
+    verify_file(tmp_path / "package", "skinscan.onnx")
+    assert metadata["skinscan.preprocess"] == {"size": [96, 128], "resize": "center_crop"}
+    assert metadata["skinscan.temperature"] > 0 and 0 <= metadata["skinscan.thresholds"]["malignant"] <= 1
+    images = np.random.default_rng(0).integers(0, 256, (3, 96, 128, 3), dtype=np.uint8)
+    onnx_probabilities = ort.InferenceSession(str(tmp_path / "package" / "skinscan.onnx")).run(
+        ["probabilities"], {"image": images})[0]
+    reference = torch_probabilities(load_model(best), images, metadata["skinscan.temperature"])
+    np.testing.assert_allclose(onnx_probabilities, reference, atol=1e-4)
 
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(ham10000_dir, split_csv, tmp_path, monkeypatch):
