@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job, end to end: set up .venv, validate HAM10000, split it by lesion, train MobileNetV3-Small from
 # the local ImageNet weights, fine-tune it quantization-aware, build the model package (FP32 + INT8), evaluate
-# it on the held-out test split and write its model card. ~75 minutes on a 2-core CPU; every step writes under
+# it on the held-out test split and write its model card. ~60 minutes on a 2-core CPU; every step writes under
 # runs/ and prints where its results went. `bash scripts/bundle_model.sh` then copies the package into the wheel.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -134,6 +134,13 @@ def test_each_int8_edit_alone_stays_within_quantization_noise(quantized_pair, fp
     assert np.abs(logits(after, lesion_images) - logits(before, lesion_images)).mean() < 0.5 * noise
 
 
+def test_temperature_and_softmax_stay_float(quantized_pair):
+    _, edited, settings = quantized_pair
+    assert settings["calibrate_method"] == "MinMax" and settings["float_nodes"] == 2
+    ops = [n.op_type for n in onnx.load(str(edited)).graph.node]
+    assert ops.count("Softmax") == 1 and "QLinearSoftmax" not in ops  # probabilities at full resolution
+
+
 def test_quantize_package_adds_a_verified_int8_model_and_a_report(fp32_package, ham10000_dir, split_csv):
     report = quantize_package(fp32_package, ham10000_dir, split_csv, part="val", calibration_count=21,
                               calibrate_method="MinMax")

@@ -125,8 +125,8 @@ def render_model_card(package_dir: str | Path, metrics: dict, command: str, note
         "scores; non-dermoscopic phone photos, tattoos and non-lesion images are outside the training "
         "distribution and get confident but meaningless answers unless a gate rejects them.\n"
         "- HAM10000 has only ~120 vasc and ~92 df images: rare-class results are uncertain.\n"
-        "- Re-evaluate on your own population before any use; prefer the INT8 model on CPUs, FP32 in the browser "
-        "(see README).",
+        "- Re-evaluate on your own population before any use. INT8 is a quarter of FP32's size; whether it is also "
+        "faster depends on the CPU (the table above is one machine): measure with `skinscan benchmark` on yours.",
         "## How to reproduce\n\n```\n" + command.strip() + "\n```" + (f"\n\n{notes}" if notes else ""),
         "---\n\n<details><summary>Full evaluation report (test split)</summary>\n\n"
         + render_markdown(metrics, "Evaluation report").replace("\n# ", "\n### ") + "\n</details>",

@@ -135,8 +135,9 @@ def quantization_aware_finetune(checkpoint_path: str | Path, out_dir: str | Path
     history = [{"epoch": 0, **evaluate()}]
     best_state, best = copy.deepcopy(model.state_dict()), history[0]
     for epoch in range(1, epochs + 1):
+        # epoch 1000 + e: random draws (sampling, augmentation) that differ from the original training's.
         stats = train_one_epoch(model, None, data["train"], optimizer, scheduler, config, 1000 + epoch, log_prior,
-                                device, prepare=freeze_batchnorm)
+                                device, prepare=freeze_batchnorm, label=f"QAT epoch {epoch}/{epochs}")
         history.append({"epoch": epoch, **stats, **evaluate()})
         tqdm.write(f"QAT epoch {epoch}/{epochs}: val balanced accuracy (INT8 simulated) "
                    f"{history[-1]['val_balanced_accuracy']:.3f}")

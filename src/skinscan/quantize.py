@@ -11,6 +11,15 @@ The edits below remove both, each exact up to quantization rounding (see the fun
   a uint8 output with scale 6/255 and zero point 0 does for free. For a squeeze-excite gate, the +3 goes
   into the int32 bias of the convolution before it; for a HardSwish, one saturating QLinearAdd(x, 3) makes
   the gate. The gate's uint8 values are then read with scale 1/255 (the /6) by the QLinearMul.
+
+Calibration: MinMax over 256 class-stratified training images. Measured on the validation split (run B;
+FP32 0.723 balanced accuracy), top-1 agreement with FP32 / balanced accuracy: MinMax 0.928 / 0.709,
+Percentile 99.99 0.907 / 0.687, 99.999 0.923 / 0.665, 99.9999 0.929 / 0.681; MinMax over 64 or 1024
+images 0.887 / 0.674 and 0.899 / 0.679. (Balanced accuracy moves a point per rare-class flip: agreement is
+the steadier signal.) Keeping the squeeze-excite convolutions in float (their ReLU outputs are the
+worst-quantized tensors by `qdq_loss_debug`) gave 0.930 / 0.712 but cost 0.6 ms (float convs plus
+per-run weight dequantization, which ORT does not constant-fold), so everything is INT8 but the
+temperature and the softmax at the very end.
 """
 
 from __future__ import annotations
@@ -251,7 +260,7 @@ def _topological_sort(model: onnx.ModelProto) -> None:
 
 # ------------------------------------------------------------------------------------------- pipeline
 def quantize_package_model(fp32_path: str | Path, int8_path: str | Path, calibration_images: np.ndarray,
-                           calibrate_method: str = "Percentile", per_channel: bool = True,
+                           calibrate_method: str = "MinMax", per_channel: bool = True,
                            graph_edits: bool = True, nodes_to_exclude: list[str] | None = None) -> dict:
     """fp32 package graph -> INT8 QOperator graph with the speed edits; metadata copied over.
 
@@ -266,13 +275,16 @@ def quantize_package_model(fp32_path: str | Path, int8_path: str | Path, calibra
         if graph_edits:
             model = fold_normalization_into_stem(model)
         onnx.save(model, str(prepared))
+        # The temperature and the softmax stay float: 7 values, and uint8 probabilities would step by 1/256.
+        outputs = {"logits", "probabilities"}
+        excluded = list(nodes_to_exclude or []) + [n.name for n in model.graph.node if outputs & set(n.output)]
         quantized = Path(tmp) / "quantized.onnx"
         quantize_static(
             str(prepared), str(quantized), ImageCalibrationReader(calibration_images),
             quant_format=QuantFormat.QOperator, per_channel=per_channel,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             calibrate_method=getattr(CalibrationMethod, calibrate_method),
-            nodes_to_exclude=nodes_to_exclude or [],
+            nodes_to_exclude=excluded,
             extra_options={"CalibPercentile": 99.99} if calibrate_method == "Percentile" else {},
         )
         model = onnx.load(str(quantized))
@@ -287,7 +299,8 @@ def quantize_package_model(fp32_path: str | Path, int8_path: str | Path, calibra
     int8_path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(int8_path))
     return {"format": "QOperator", "per_channel": per_channel, "calibrate_method": calibrate_method,
-            "calibration_images": int(len(calibration_images)), "graph_edits": graph_edits, **counts}
+            "calibration_images": int(len(calibration_images)), "graph_edits": graph_edits,
+            "float_nodes": len(excluded), **counts}
 
 
 # --------------------------------------------------------------------------------------- package step
@@ -338,7 +351,7 @@ def compare_precisions(fp32_path: Path, int8_path: Path, images: np.ndarray, lab
 
 
 def quantize_package(package_dir: str | Path, data_dir: str | Path, split_csv: str | Path, part: str = "test",
-                     calibration_count: int = 256, calibrate_method: str = "Percentile", graph_edits: bool = True,
+                     calibration_count: int = 256, calibrate_method: str = "MinMax", graph_edits: bool = True,
                      seed: int = 0) -> dict:
     """Add `skinscan-int8.onnx` to a model package, compare it with FP32 on `part`, update the manifest.
 

@@ -171,11 +171,11 @@ def set_backbone_trainable(model, trainable: bool) -> None:
 # ------------------------------------------------------------------------------------- train / predict
 def train_one_epoch(model, ema, data: SplitData, optimizer, scheduler, config: TrainConfig,
                     epoch: int, log_prior: torch.Tensor, device: torch.device,
-                    prepare: Callable[[nn.Module], None] | None = None) -> dict:
+                    prepare: Callable[[nn.Module], None] | None = None, label: str | None = None) -> dict:
     """One pass of `len(train)` square-root-balanced samples; returns mean loss and accuracy.
 
     `ema` may be None (no weight averaging); `prepare(model)` runs after `model.train()` (e.g. to freeze
-    BatchNorm statistics for quantization-aware fine-tuning).
+    BatchNorm statistics for quantization-aware fine-tuning); `label` names the progress bar.
     """
     model.train()
     if prepare is not None:
@@ -188,7 +188,7 @@ def train_one_epoch(model, ema, data: SplitData, optimizer, scheduler, config: T
     order = torch.multinomial(weights, len(weights), replacement=True, generator=generator)
     n_batches = len(order) // config.batch_size
     total_loss, correct, seen = 0.0, 0, 0
-    bar = tqdm(range(n_batches), desc=f"epoch {epoch}", unit="batch", leave=False)
+    bar = tqdm(range(n_batches), desc=label or f"epoch {epoch}", unit="batch", leave=False)
     for b in bar:
         index = order[b * config.batch_size:(b + 1) * config.batch_size]
         images = augment_batch(data.images[index].to(device, non_blocking=True), config.augment, generator)
