@@ -7,6 +7,7 @@ runtime verbs start fast and work without the `train` extra.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -55,7 +56,8 @@ def cmd_train(args) -> int:
 
     config = TrainConfig(
         data_dir=str(args.data), split_csv=str(args.split), out_dir=str(args.out), arch=args.arch,
-        pretrained=args.pretrained, input_size=tuple(args.input_size), resize=args.resize,
+        pretrained=None if args.pretrained.lower() == "none" else args.pretrained,
+        input_size=tuple(args.input_size), resize=args.resize,
         warmup_epochs=args.warmup_epochs, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
         sampling_power=args.sampling_power, logit_adjustment=args.logit_adjustment, ema_decay=args.ema_decay,
@@ -63,6 +65,8 @@ def cmd_train(args) -> int:
         max_images=args.max_images,
     )
     best = train(config, resume=args.resume)
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun, rank 0 reports
     print(f"run folder: {args.out} (config.json, log.txt, metrics.jsonl, last.pt)\nbest model: {best}")
     print(f"next: skinscan evaluate --checkpoint {best} --split {args.split} --data {args.data}")
     return 0
@@ -294,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--arch", default="mobilenet_v3_small",
                     choices=["mobilenet_v3_small", "mobilenet_v3_large", "mobilenet_v2"])
     tr.add_argument("--pretrained", default="imagenet",
-                    help="'imagenet' (torchvision download) or a local state_dict .pth with its .json beside it")
+                    help="'imagenet' (torchvision download), a local state_dict .pth with its .json beside it, "
+                         "or 'none' (random initialisation)")
     tr.add_argument("--input-size", type=int, nargs=2, default=(210, 280), metavar=("H", "W"))
     tr.add_argument("--resize", default="center_crop", choices=["center_crop", "stretch"])
     tr.add_argument("--warmup-epochs", type=int, default=1, help="head-only epochs with the backbone frozen")

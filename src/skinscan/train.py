@@ -28,9 +28,11 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
+from skinscan import distributed
 from skinscan.augment import AugmentConfig, augment_batch, to_model_input
 from skinscan.data import load_split_images
 from skinscan.labels import LABEL_CODES
@@ -112,8 +114,10 @@ def sampling_weights(labels: torch.Tensor, power: float) -> tuple[torch.Tensor, 
 
 
 # ---------------------------------------------------------------------------------------------- model
-def _threads(config: TrainConfig) -> int:
-    return config.threads or os.cpu_count() or 1
+def _threads(config: TrainConfig, context: distributed.Context | None = None) -> int:
+    """--threads, or this process's share of the cores (torchrun may start several per machine)."""
+    processes = context.local_world_size if context is not None else 1
+    return config.threads or max(1, (os.cpu_count() or 1) // processes)
 
 
 def select_device(name: str) -> torch.device:
@@ -171,11 +175,14 @@ def set_backbone_trainable(model, trainable: bool) -> None:
 # ------------------------------------------------------------------------------------- train / predict
 def train_one_epoch(model, ema, data: SplitData, optimizer, scheduler, config: TrainConfig,
                     epoch: int, log_prior: torch.Tensor, device: torch.device,
-                    prepare: Callable[[nn.Module], None] | None = None, label: str | None = None) -> dict:
+                    prepare: Callable[[nn.Module], None] | None = None, label: str | None = None,
+                    context: distributed.Context = distributed.SINGLE_PROCESS) -> dict:
     """One pass of `len(train)` square-root-balanced samples; returns mean loss and accuracy.
 
     `ema` may be None (no weight averaging); `prepare(model)` runs after `model.train()` (e.g. to freeze
-    BatchNorm statistics for quantization-aware fine-tuning); `label` names the progress bar.
+    BatchNorm statistics for quantization-aware fine-tuning); `label` names the progress bar. Under
+    torchrun (`context`), `model` is the DDP-wrapped network and this process trains on every
+    world_size-th sample of each global batch (`skinscan.distributed`).
     """
     model.train()
     if prepare is not None:
@@ -183,15 +190,19 @@ def train_one_epoch(model, ema, data: SplitData, optimizer, scheduler, config: T
     weights, _ = sampling_weights(data.labels, config.sampling_power)
     # Every random draw of the epoch (sampling, augmentation, dropout) is seeded from (seed, epoch), so a
     # resumed run replays exactly the epochs an uninterrupted run would have.
+    # The order is the same in every process; augmentation and dropout draws differ per process.
     generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
-    torch.manual_seed(config.seed * 1000 + epoch)
+    torch.manual_seed(config.seed * 1000 + epoch + 7919 * context.rank)
     order = torch.multinomial(weights, len(weights), replacement=True, generator=generator)
+    augment_generator = generator if context.is_main else torch.Generator().manual_seed(
+        config.seed * 1000 + epoch + 7919 * context.rank)
     n_batches = len(order) // config.batch_size
     total_loss, correct, seen = 0.0, 0, 0
-    bar = tqdm(range(n_batches), desc=label or f"epoch {epoch}", unit="batch", leave=False)
+    bar = tqdm(range(n_batches), desc=label or f"epoch {epoch}", unit="batch", leave=False,
+               disable=not context.is_main)
     for b in bar:
-        index = order[b * config.batch_size:(b + 1) * config.batch_size]
-        images = augment_batch(data.images[index].to(device, non_blocking=True), config.augment, generator)
+        index = distributed.shard(context, order[b * config.batch_size:(b + 1) * config.batch_size])
+        images = augment_batch(data.images[index].to(device, non_blocking=True), config.augment, augment_generator)
         labels = data.labels[index].to(device)
         with autocast(device):
             logits = model(images)
@@ -205,11 +216,12 @@ def train_one_epoch(model, ema, data: SplitData, optimizer, scheduler, config: T
         optimizer.step()
         scheduler.step()
         if ema is not None:
-            ema.update_parameters(model)
+            ema.update_parameters(getattr(model, "module", model))  # the network inside a DDP wrapper
         total_loss += loss.item() * len(index)
         correct += (logits.argmax(1) == labels).sum().item()
         seen += len(index)
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+    total_loss, correct, seen = distributed.sum_over_processes(context, [total_loss, correct, seen])
     return {"train_loss": total_loss / max(1, seen), "train_accuracy": correct / max(1, seen)}
 
 
@@ -290,15 +302,22 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    handler = _setup_logging(out_dir)
+    context = distributed.context_from_environment()  # torchrun's processes; one process otherwise
+    if context.enabled and config.batch_size % context.world_size:
+        raise ValueError(f"--batch-size {config.batch_size} (the global batch) must be divisible by the "
+                         f"{context.world_size} processes")
+    handler = _setup_logging(out_dir) if context.is_main else None
     try:
-        return _train(config, out_dir, last_path, best_path, resume)
+        return _train(config, out_dir, last_path, best_path, resume, context)
     finally:
-        log.removeHandler(handler)
-        handler.close()
+        distributed.stop(context)
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
 
 
-def _train(config: TrainConfig, out_dir: Path, last_path: Path, best_path: Path, resume: bool) -> Path:
+def _train(config: TrainConfig, out_dir: Path, last_path: Path, best_path: Path, resume: bool,
+           context: distributed.Context) -> Path:
     checkpoint = None
     if resume:
         if not last_path.is_file():
@@ -306,16 +325,17 @@ def _train(config: TrainConfig, out_dir: Path, last_path: Path, best_path: Path,
         checkpoint = load_checkpoint(last_path)
         config = TrainConfig.from_json(checkpoint["train_config"])
         log.info("resuming from %s after epoch %d", last_path, checkpoint["epoch"])
-    (out_dir / "config.json").write_text(json.dumps(config.to_json(), indent=2))
+    if context.is_main:
+        (out_dir / "config.json").write_text(json.dumps(config.to_json(), indent=2))
 
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
-    torch.set_num_threads(_threads(config))
-    device = select_device(config.device)
+    torch.set_num_threads(_threads(config, context))
+    device = distributed.start(context, select_device(config.device))
     start = time.time()
     data = load_split_data(config)
-    log.info("decoded %s images in %.0fs on %s", {k: len(v.labels) for k, v in data.items()},
-             time.time() - start, device)
+    log.info("decoded %s images in %.0fs on %s%s", {k: len(v.labels) for k, v in data.items()},
+             time.time() - start, device, f" x {context.world_size} processes" if context.enabled else "")
 
     model = create_model(config.arch, config.pretrained if checkpoint is None else None,
                          dropout=config.dropout).to(device, memory_format=torch.channels_last)
@@ -336,31 +356,42 @@ def _train(config: TrainConfig, out_dir: Path, last_path: Path, best_path: Path,
         scheduler.load_state_dict(checkpoint["scheduler"])
         first_epoch, best = checkpoint["epoch"] + 1, checkpoint["best"]
 
+    trained, wrapped_phase = model, None
     for epoch in range(first_epoch, total_epochs + 1):
         warming_up = epoch <= config.warmup_epochs
         set_backbone_trainable(model, not warming_up)
+        if context.enabled and wrapped_phase != warming_up:
+            # DDP fixes the set of trainable parameters when it wraps: wrap again when the backbone unfreezes.
+            trained, wrapped_phase = DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None), warming_up
         epoch_start = time.time()
-        stats = train_one_epoch(model, ema, data["train"], optimizer, scheduler,
-                                config, epoch, log_prior, device)
-        val_logits = predict_logits(ema.module, data["val"].images, device=device)
+        stats = train_one_epoch(trained, ema, data["train"], optimizer, scheduler,
+                                config, epoch, log_prior, device, context=context)
+        val_logits = distributed.gather_shards(
+            context, predict_logits(ema.module, distributed.shard(context, data["val"].images), device=device),
+            len(data["val"].labels))
         row = {"epoch": epoch, "phase": "warmup" if warming_up else "finetune", **stats,
                **validation_metrics(data["val"].labels.numpy(), val_logits), "lr": optimizer.param_groups[-1]["lr"],
                "seconds": round(time.time() - epoch_start, 1)}
-        with open(out_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
         improved = row["val_balanced_accuracy"] > best["val_balanced_accuracy"]
         if improved:
             best = row
-            save_checkpoint(_export_state(ema.module, config, row), best_path)
-        save_checkpoint({"epoch": epoch, "train_config": config.to_json(), "train_model": model.state_dict(),
-                         "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "best": best,
-                         **_export_state(ema.module, config, row)}, last_path)
+        if context.is_main:  # every process holds the same weights and metrics; one writes them
+            with open(out_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+            if improved:
+                save_checkpoint(_export_state(ema.module, config, row), best_path)
+            save_checkpoint({"epoch": epoch, "train_config": config.to_json(), "train_model": model.state_dict(),
+                             "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict(), "best": best,
+                             **_export_state(ema.module, config, row)}, last_path)
+        distributed.barrier(context)
         message = (f"epoch {epoch}/{total_epochs} {row['phase']}: loss {row['train_loss']:.3f}  "
                    f"val bal.acc {row['val_balanced_accuracy']:.3f}  val AUC {row['val_macro_auc']:.3f}  "
                    f"({row['seconds']:.0f}s){'  * best' if improved else ''}")
         log.info(message)
-        tqdm.write(message)
+        if context.is_main:
+            tqdm.write(message)
     log.info("best epoch %s: val balanced accuracy %.3f -> %s", best.get("epoch"),
              best["val_balanced_accuracy"], best_path)
     return best_path
