@@ -1,0 +1,375 @@
+// The page: camera, photo picker, results and timings. The model runs in classifier-worker.js.
+//
+// One frame is in flight at a time (the worker is the bottleneck, so queueing frames would only add
+// latency), and frames are taken at most `maxfps` times a second (default 15: smooth, and kind to a
+// phone's battery). Every step is timed; `window.skinscan` exposes the state, the last result and the
+// median timings, for the tests and benchmarks/app_frame_time.py.
+//
+// URL parameters (for measuring): ?precision=fp32|int8  ?threads=N  ?maxfps=N (0 = as fast as possible)
+
+import { centerCropBox } from './resize.js';
+
+const params = new URLSearchParams(location.search);
+const MAX_FPS = params.has('maxfps') ? Number(params.get('maxfps')) : 15;
+const SAMPLES = 120; // timings kept for the medians
+const MAX_PIXELS = 100_000_000; // as skinscan/preprocess.py
+const MIN_SIDE = 16;
+
+const $ = (id) => document.getElementById(id);
+const view = {
+  status: $('status'), video: $('camera'), photo: $('photo'), hint: $('hint'), result: $('result'),
+  verdict: $('verdict'), top: $('top'), malignancy: $('malignancy'), error: $('error'), freeze: $('freeze'),
+  gallery: $('gallery'), back: $('back'), stats: $('stats'), guide: document.querySelector('.guide'),
+};
+
+const state = {
+  phase: 'loading', // loading | ready | error
+  error: null,
+  model: null, // metadata.json + the chosen file
+  mode: 'camera', // camera | frozen | photo
+  lastResult: null,
+  photoResults: [],
+  stats: { frames: 0, fps: 0, median: {}, samples: [], precision: null, threads: null, crossOriginIsolated },
+};
+window.skinscan = state;
+window.skinscanStats = state.stats;
+
+const worker = new Worker(new URL('./classifier-worker.js', import.meta.url), { type: 'module' });
+let nextId = 1;
+const pending = new Map();
+
+worker.onmessage = ({ data }) => {
+  const request = pending.get(data.id);
+  pending.delete(data.id);
+  if (request) (data.type === 'error' ? request.reject : request.resolve)(data);
+};
+
+function ask(message, transfer = []) {
+  const id = message.type === 'load' ? 'load' : nextId++;
+  return new Promise((resolve, reject) => {
+    pending.set(id, { resolve, reject });
+    worker.postMessage({ ...message, id }, transfer);
+  });
+}
+
+// ------------------------------------------------------------------------------------------- model
+async function fetchJson(url) {
+  const response = await fetch(url, { cache: 'no-cache' });
+  if (!response.ok) throw new Error(`cannot load ${url} (${response.status})`);
+  return response.json();
+}
+
+async function loadModel() {
+  const [metadata, manifest] = await Promise.all([fetchJson('model/metadata.json'), fetchJson('model/manifest.json')]);
+  const precision = params.get('precision') || metadata.default_precision;
+  const file = metadata.files[precision];
+  if (!file) throw new Error(`this model package has no ${precision} model (it has: ${Object.keys(metadata.files)})`);
+  const entry = manifest.files && manifest.files[file];
+  if (!entry || !entry.sha256) throw new Error(`${file} is not listed in the package manifest; refusing to use it`);
+  const loaded = await ask({
+    type: 'load', modelUrl: `model/${file}`, sha256: entry.sha256, preprocess: metadata.preprocess,
+    threads: Number(params.get('threads')) || 0, input: metadata.input, output: metadata.output,
+  });
+  state.model = { ...metadata, precision, file };
+  Object.assign(state.stats, { precision, threads: loaded.threads, crossOriginIsolated: loaded.crossOriginIsolated,
+    modelDownloadMs: loaded.downloadMs, sessionMs: loaded.sessionMs });
+}
+
+// ----------------------------------------------------------------------------------------- results
+function interpret(probabilities) {
+  const { labels, label_names: names, malignant, thresholds } = state.model;
+  const byCode = Object.fromEntries(labels.map((code, i) => [code, probabilities[i]]));
+  const top = labels.map((code, i) => ({ code, name: names[code], probability: probabilities[i] }))
+    .sort((a, b) => b.probability - a.probability).slice(0, 3);
+  const malignantProbability = malignant.reduce((sum, code) => sum + byCode[code], 0);
+  // "Cannot assess" is data: shown only if the package defines the threshold (top probability below it).
+  const cannotAssess = typeof thresholds.cannot_assess === 'number' && top[0].probability < thresholds.cannot_assess;
+  return {
+    label: top[0].code, top, probabilities: byCode, malignantProbability,
+    malignant: malignantProbability >= thresholds.malignant, cannotAssess,
+  };
+}
+
+const percent = (p) => `${(100 * p).toFixed(p < 0.1 ? 1 : 0)}%`;
+const rows = [];
+
+function render(result) {
+  if (rows.length === 0) {
+    for (let i = 0; i < 3; i++) {
+      const li = document.createElement('li');
+      const name = document.createElement('span');
+      const bar = document.createElement('span');
+      const fill = document.createElement('span');
+      const value = document.createElement('span');
+      name.className = 'name'; bar.className = 'meter'; fill.className = 'fill'; value.className = 'value';
+      bar.append(fill);
+      li.append(name, bar, value);
+      view.top.append(li);
+      rows.push({ li, name, fill, value });
+    }
+  }
+  result.top.forEach((entry, i) => {
+    const row = rows[i];
+    row.name.textContent = `${entry.name} (${entry.code})`;
+    row.value.textContent = percent(entry.probability);
+    row.fill.style.width = `${(100 * entry.probability).toFixed(1)}%`;
+    row.li.classList.toggle('malignant', state.model.malignant.includes(entry.code));
+  });
+  const { thresholds } = state.model;
+  view.result.hidden = false;
+  view.result.classList.toggle('flagged', result.malignant);
+  view.result.classList.toggle('unsure', result.cannotAssess);
+  view.verdict.textContent = result.cannotAssess
+    ? 'Cannot assess this image: centre the lesion, fill the circle, avoid glare and blur.'
+    : result.malignant ? 'Suspicious: see a dermatologist about this lesion.' : 'Not flagged as suspicious.';
+  view.malignancy.textContent = `P(${state.model.malignant.join(' + ')}) = ${percent(result.malignantProbability)} ` +
+    `(flagged at ≥ ${percent(thresholds.malignant)})`;
+}
+
+/** Place the dashed guide on exactly the part of the picture the model sees (its centre-crop box). */
+function placeGuide() {
+  const element = state.mode === 'photo' ? view.photo : view.video;
+  const width = element.videoWidth || element.naturalWidth;
+  const height = element.videoHeight || element.naturalHeight;
+  if (!state.model || !width || !height) return;
+  const [inputHeight, inputWidth] = state.model.preprocess.size;
+  const box = state.model.preprocess.resize === 'center_crop'
+    ? centerCropBox(width, height, inputHeight, inputWidth) : [0, 0, width, height];
+  const scale = Math.min(element.clientWidth / width, element.clientHeight / height); // object-fit: contain
+  const left = (element.clientWidth - width * scale) / 2;
+  const top = (element.clientHeight - height * scale) / 2;
+  Object.assign(view.guide.style, {
+    left: `${left + box[0] * scale}px`, top: `${top + box[1] * scale}px`,
+    width: `${(box[2] - box[0]) * scale}px`, height: `${(box[3] - box[1]) * scale}px`,
+  });
+}
+
+// ------------------------------------------------------------------------------------------ timings
+function median(values) {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}
+
+function record(sample) {
+  const stats = state.stats;
+  stats.samples.push(sample);
+  if (stats.samples.length > SAMPLES) stats.samples.shift();
+  stats.frames += 1;
+  stats.last = sample;
+  for (const key of ['capture', 'read', 'preprocess', 'inference', 'messaging', 'render', 'total']) {
+    stats.median[key] = median(stats.samples.map((s) => s[key]));
+  }
+  const span = (sample.end - stats.samples[0].end) / 1000;
+  stats.fps = stats.samples.length > 1 && span > 0 ? (stats.samples.length - 1) / span : 0;
+  const m = stats.median;
+  view.stats.textContent = `${stats.precision} · ${stats.threads} thread${stats.threads > 1 ? 's' : ''} · ` +
+    `${m.total.toFixed(1)} ms/frame (capture+preprocess ${(m.capture + m.preprocess).toFixed(1)}, ` +
+    `model ${m.inference.toFixed(1)}, render ${m.render.toFixed(1)}) · ${stats.fps.toFixed(0)} fps`;
+}
+
+state.resetStats = () => Object.assign(state.stats, { frames: 0, fps: 0, median: {}, samples: [] });
+
+// --------------------------------------------------------------------------------------- screening
+let queue = Promise.resolve(); // one classification at a time: the worker's session runs one at a time
+
+/** The current camera frame: a VideoFrame (no copy; the worker converts it) where supported. */
+function grabVideo(video) {
+  return typeof VideoFrame === 'function' ? new VideoFrame(video) : createImageBitmap(video);
+}
+
+/** A photo decoded as Pillow decodes it: its own pixels, upright per EXIF, no colour-profile conversion. */
+async function decodePhoto(file) {
+  const bitmap = await createImageBitmap(file, { imageOrientation: 'from-image', colorSpaceConversion: 'none',
+    premultiplyAlpha: 'none' });
+  if (Math.min(bitmap.width, bitmap.height) < MIN_SIDE || bitmap.width * bitmap.height > MAX_PIXELS) {
+    const size = `${bitmap.width}x${bitmap.height}`;
+    bitmap.close();
+    throw new Error(`the image is ${size}: use a photo at least ${MIN_SIDE}x${MIN_SIDE} and at most 100 MP`);
+  }
+  return bitmap;
+}
+
+/** Capture (`grab` returns a VideoFrame or ImageBitmap) and classify in the worker; renders nothing. */
+function screen(grab, label) {
+  const run = queue.then(async () => {
+    const t0 = performance.now();
+    const image = await grab();
+    const t1 = performance.now();
+    const reply = await ask({ type: 'classify', image }, [image]);
+    const t2 = performance.now();
+    const timings = {
+      start: t0, capture: t1 - t0, read: reply.readMs, preprocess: reply.preprocessMs, inference: reply.inferenceMs,
+      messaging: t2 - t1 - reply.preprocessMs - reply.inferenceMs, received: t2,
+    };
+    return { source: label, ...interpret(reply.probabilities), width: reply.width, height: reply.height, timings };
+  });
+  queue = run.catch(() => {});
+  return run;
+}
+
+/** Render a result and complete its timings (render, end-to-end). */
+function show(result) {
+  render(result);
+  const end = performance.now();
+  Object.assign(result.timings, { render: end - result.timings.received, total: end - result.timings.start, end });
+  state.lastResult = result;
+  return result;
+}
+
+let loopRunning = false;
+let lastFrameStart = 0;
+
+// Camera frames presented so far, counted with requestVideoFrameCallback, so that the loop takes a frame
+// that arrived while the previous one was being classified at once, and never classifies a frame twice.
+const countsFrames = 'requestVideoFrameCallback' in HTMLVideoElement.prototype;
+let framesPresented = 0;
+let frameWaiter = null;
+
+function onVideoFrame() {
+  framesPresented += 1;
+  if (frameWaiter) frameWaiter();
+  frameWaiter = null;
+  view.video.requestVideoFrameCallback(onVideoFrame);
+}
+
+function frameAfter(seen) {
+  if (!countsFrames) return new Promise((resolve) => requestAnimationFrame(resolve));
+  return framesPresented > seen ? Promise.resolve() : new Promise((resolve) => { frameWaiter = resolve; });
+}
+
+async function cameraLoop() {
+  if (loopRunning) return; // a paused loop waiting for a frame carries on when the video plays again
+  loopRunning = true;
+  let seen = framesPresented;
+  try {
+    while (state.mode === 'camera') {
+      await frameAfter(seen);
+      const wait = MAX_FPS > 0 ? lastFrameStart + 1000 / MAX_FPS - performance.now() : 0;
+      if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+      if (state.mode !== 'camera' || view.video.readyState < 2) continue;
+      seen = framesPresented;
+      lastFrameStart = performance.now();
+      const result = await screen(() => grabVideo(view.video), 'camera');
+      if (state.mode !== 'camera') continue; // frozen or a photo picked meanwhile: that result wins
+      record(show(result).timings);
+    }
+  } catch (error) {
+    fail(error);
+  } finally {
+    loopRunning = false;
+  }
+}
+
+async function startCamera() {
+  if (!navigator.mediaDevices?.getUserMedia) {
+    view.hint.textContent = 'No camera access in this browser: pick a photo instead.';
+    return;
+  }
+  try {
+    // 640x480 is 2.3x the model's input: plenty for its antialiased resize, and it keeps preprocessing cheap.
+    const stream = await navigator.mediaDevices.getUserMedia({
+      video: { facingMode: { ideal: 'environment' }, width: { ideal: 640 }, height: { ideal: 480 } }, audio: false,
+    });
+    view.video.srcObject = stream;
+    if (countsFrames) view.video.requestVideoFrameCallback(onVideoFrame);
+    await view.video.play();
+    view.freeze.disabled = false;
+    cameraLoop();
+  } catch (error) {
+    view.hint.textContent = `Camera unavailable (${error.name || error.message}): pick a photo instead.`;
+  }
+}
+
+function setMode(mode) {
+  state.mode = mode;
+  const photo = mode === 'photo';
+  view.photo.hidden = !photo;
+  view.video.hidden = photo;
+  view.back.hidden = !photo;
+  view.freeze.hidden = photo;
+  view.freeze.textContent = mode === 'frozen' ? 'Resume' : 'Freeze';
+  view.hint.hidden = mode !== 'camera';
+  placeGuide();
+  if (mode === 'camera' && view.video.srcObject) {
+    view.video.play().then(cameraLoop, fail);
+  } else {
+    view.video.pause();
+  }
+}
+
+async function freeze() {
+  if (state.mode !== 'camera') return setMode('camera');
+  setMode('frozen');
+  show(await screen(() => grabVideo(view.video), 'frozen')); // the paused frame on screen is the one screened
+}
+
+async function pickPhoto() {
+  const file = view.gallery.files[0];
+  view.gallery.value = '';
+  if (!file) return;
+  setMode('photo');
+  if (view.photo.src) URL.revokeObjectURL(view.photo.src);
+  view.photo.src = URL.createObjectURL(file);
+  try {
+    const result = show(await screen(() => decodePhoto(file), file.name));
+    state.photoResults.push(result);
+    view.error.hidden = true;
+  } catch (error) {
+    showError(`Cannot screen ${file.name}: ${error.message}`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------- plumbing
+function showError(message) {
+  view.error.textContent = message;
+  view.error.hidden = false;
+}
+
+function fail(error) {
+  state.phase = 'error';
+  state.error = { kind: error.kind || 'failure', message: String(error.message || error) };
+  view.status.textContent = error.kind === 'integrity' ? 'Model refused' : 'Not working';
+  showError(state.error.message);
+  view.freeze.disabled = true;
+  view.gallery.disabled = true;
+}
+
+async function registerServiceWorker() {
+  if (!('serviceWorker' in navigator)) return;
+  try {
+    await navigator.serviceWorker.register('sw.js');
+  } catch (error) {
+    console.warn('no offline support:', error);
+  }
+}
+
+/** Make sure the model this page runs is in the offline cache too (see sw.js). */
+async function keepModelOffline(file) {
+  if (!('serviceWorker' in navigator)) return;
+  const registration = await navigator.serviceWorker.ready;
+  registration.active.postMessage({ type: 'cache', urls: [`model/${file}`] });
+}
+
+async function main() {
+  view.freeze.addEventListener('click', () => freeze().catch(fail));
+  view.back.addEventListener('click', () => setMode('camera'));
+  view.gallery.addEventListener('change', pickPhoto);
+  for (const [target, event] of [[view.video, 'resize'], [view.photo, 'load'], [window, 'resize']]) {
+    target.addEventListener(event, placeGuide);
+  }
+  registerServiceWorker();
+  try {
+    await loadModel();
+  } catch (error) {
+    fail(error);
+    return;
+  }
+  state.phase = 'ready';
+  placeGuide();
+  keepModelOffline(state.model.file).catch((error) => console.warn('model not cached for offline use:', error));
+  view.status.textContent = `Ready · on-device · ${state.model.precision}`;
+  startCamera();
+}
+
+main();

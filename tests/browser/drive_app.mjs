@@ -1,0 +1,250 @@
+// Drives the skinscan web app in headless Chromium and prints what it saw as one JSON document.
+//
+// Used by tests/test_app.py (scenarios "main", "tampered", "photos") and benchmarks/app_frame_time.py
+// ("benchmark"). It starts `skinscan app` itself (so that it can stop it for the offline check), on a
+// free port, and feeds Chromium's fake camera from a y4m file.
+//
+//   node tests/browser/drive_app.mjs CONFIG.json
+//
+// CONFIG: {scenario, chromium, server: [argv...], y4m?, photos?: [paths], query?: '?precision=int8',
+//          precisions?: [..], threads?: [..], frames?: N, rounds?: N, screenshot?: path, timeoutMs?}
+
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+process.env.PW_EXPERIMENTAL_SERVICE_WORKER_NETWORK_EVENTS = '1'; // report service-worker requests too
+const { chromium } = await import('playwright-core');
+
+const config = JSON.parse(readFileSync(process.argv[2], 'utf8'));
+const TIMEOUT = config.timeoutMs ?? 60_000;
+const step = (message) => process.stderr.write(`[drive_app] ${message}\n`);
+const PHONE = { viewport: { width: 390, height: 844 }, deviceScaleFactor: 1, isMobile: true, hasTouch: true };
+
+/** Start `skinscan app` and resolve with {process, url} once it prints its URL. */
+function startServer(argv) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    const timer = setTimeout(() => reject(new Error(`server did not start: ${output}`)), 30_000);
+    const onData = (chunk) => {
+      output += chunk;
+      const match = output.match(/http:\/\/[^\s/]+:\d+\//);
+      if (match) {
+        clearTimeout(timer);
+        resolve({ child, url: match[0], output: () => output });
+      }
+    };
+    child.stdout.on('data', onData);
+    child.stderr.on('data', onData);
+    child.on('exit', (code) => { clearTimeout(timer); reject(new Error(`server exited (${code}): ${output}`)); });
+  });
+}
+
+async function stopServer(server) {
+  if (server.child.exitCode !== null || server.child.signalCode !== null) return;
+  const exited = new Promise((resolve) => server.child.once('exit', resolve));
+  server.child.kill('SIGTERM');
+  await exited;
+}
+
+async function launch() {
+  const args = ['--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream'];
+  if (config.y4m) args.push(`--use-file-for-fake-video-capture=${config.y4m}`);
+  return chromium.launch({ executablePath: config.chromium, headless: true, args });
+}
+
+/** A fresh context (own cache and service workers) that records every request and page error. */
+async function newContext(browser, log) {
+  const context = await browser.newContext({ ...PHONE, permissions: ['camera'] });
+  context.on('request', (request) => log.requests.push(request.url()));
+  context.on('page', (page) => watch(page, log));
+  return context;
+}
+
+function watch(page, log) {
+  page.on('pageerror', (error) => log.errors.push(String(error)));
+  page.on('console', (message) => {
+    if (message.type() === 'error') log.errors.push(message.text());
+  });
+}
+
+const waitFor = (page, fn, arg) => page.waitForFunction(fn, arg, { timeout: TIMEOUT, polling: 100 });
+
+/** Wait until the app is ready (or failed) and has classified `frames` camera frames. */
+async function cameraFrames(page, frames) {
+  await waitFor(page, () => window.skinscan && window.skinscan.phase !== 'loading');
+  const phase = await page.evaluate(() => window.skinscan.phase);
+  if (phase !== 'ready') throw new Error(`app failed: ${JSON.stringify(await page.evaluate(() => window.skinscan.error))}`);
+  await waitFor(page, (n) => window.skinscan.stats.frames >= n, frames);
+}
+
+const snapshot = (page) => page.evaluate(() => {
+  const { stats, lastResult, photoResults, model } = window.skinscan;
+  const clean = (r) => r && { source: r.source, label: r.label, probabilities: r.probabilities,
+    malignant: r.malignant, malignantProbability: r.malignantProbability, cannotAssess: r.cannotAssess,
+    width: r.width, height: r.height, timings: r.timings };
+  return { stats: { ...stats, samples: undefined }, lastResult: clean(lastResult), photoResults: photoResults.map(clean),
+    precision: model && model.precision, crossOriginIsolated: window.crossOriginIsolated,
+    disclaimer: document.querySelector('.disclaimer').innerText, verdict: document.querySelector('#verdict').innerText };
+});
+
+async function uploadPhotos(page, photos) {
+  const results = [];
+  for (const photo of photos) {
+    const before = await page.evaluate(() => window.skinscan.photoResults.length);
+    await page.setInputFiles('#gallery', photo);
+    await waitFor(page, (n) => window.skinscan.photoResults.length > n, before);
+    results.push((await snapshot(page)).photoResults.at(-1));
+  }
+  return results;
+}
+
+// ------------------------------------------------------------------------------------------ scenarios
+async function mainScenario(browser, log) {
+  const server = await startServer(config.server);
+  const out = { url: server.url };
+  try {
+    const context = await newContext(browser, log);
+    const page = await context.newPage();
+    watch(page, log);
+    const response = await page.goto(server.url + (config.query || ''));
+    out.headers = response.headers();
+    step('page loaded');
+    await cameraFrames(page, 3);
+    step('camera frames classified');
+    out.camera = await snapshot(page);
+    out.photos = await uploadPhotos(page, config.photos || []);
+    out.visibleDisclaimer = await page.locator('.disclaimer').isVisible();
+
+    // Freeze: back to the camera, freeze, and the frozen frame gets its own result.
+    await page.click('#back');
+    const frames = await page.evaluate(() => window.skinscan.stats.frames);
+    await waitFor(page, (n) => window.skinscan.stats.frames > n, frames);
+    await page.click('#freeze');
+    await waitFor(page, () => window.skinscan.lastResult.source === 'frozen');
+    out.frozen = (await snapshot(page)).lastResult;
+    await page.click('#freeze'); // resume
+
+    // Offline: once the service worker is active, stop the server and reload.
+    step('photos and freeze done');
+    await waitFor(page, () => navigator.serviceWorker.controller !== null || navigator.serviceWorker.ready.then(() => 1));
+    await stopServer(server);
+    step('server stopped');
+    await page.reload();
+    await cameraFrames(page, 2);
+    step('offline frames classified');
+    out.offline = await snapshot(page);
+    out.offlinePhotos = await uploadPhotos(page, (config.photos || []).slice(0, 1));
+    await context.close();
+  } finally {
+    await stopServer(server);
+  }
+  return out;
+}
+
+async function tamperedScenario(browser, log) {
+  const server = await startServer(config.server);
+  try {
+    const context = await newContext(browser, log);
+    const page = await context.newPage();
+    await page.goto(server.url);
+    await waitFor(page, () => window.skinscan && window.skinscan.phase !== 'loading');
+    const out = await page.evaluate(() => ({ phase: window.skinscan.phase, error: window.skinscan.error,
+      shown: document.querySelector('#error').innerText, status: document.querySelector('#status').innerText }));
+    out.visible = await page.locator('#error').isVisible();
+    await context.close();
+    return out;
+  } finally {
+    await stopServer(server);
+  }
+}
+
+async function photosScenario(browser, log) {
+  const server = await startServer(config.server);
+  try {
+    const context = await newContext(browser, log);
+    const page = await context.newPage();
+    await page.goto(server.url + (config.query || ''));
+    await waitFor(page, () => window.skinscan && window.skinscan.phase !== 'loading');
+    const results = await uploadPhotos(page, config.photos || []);
+    const shown = await page.evaluate(() => ({
+      verdict: document.querySelector('#verdict').innerText,
+      malignancy: document.querySelector('#malignancy').innerText,
+      classes: document.querySelector('#result').className,
+    }));
+    await context.close();
+    return { results, shown };
+  } finally {
+    await stopServer(server);
+  }
+}
+
+/**
+ * Frame timings per setting (precision x threads), each setting in its own page, measured in interleaved
+ * rounds while the other pages are frozen; per setting, the round with the lowest median end-to-end time
+ * is kept (the machine may be shared: a round hit by someone else's work is discarded, not averaged in).
+ */
+async function benchmarkScenario(browser, log) {
+  const server = await startServer(config.server);
+  const out = { url: server.url, runs: [] };
+  const settings = [];
+  try {
+    for (const precision of config.precisions || ['fp32', 'int8']) {
+      for (const threads of config.threads || [0]) {
+        const context = await newContext(browser, log);
+        const page = await context.newPage();
+        await page.goto(`${server.url}?precision=${precision}&maxfps=0${threads ? `&threads=${threads}` : ''}`);
+        const setting = { precision, threads, context, page, best: null };
+        try {
+          await cameraFrames(page, 10); // warm-up
+          await page.click('#freeze');
+        } catch (error) {
+          setting.error = String(error.message || error);
+        }
+        settings.push(setting);
+      }
+    }
+    for (let round = 0; round < (config.rounds || 3); round++) {
+      for (const setting of settings.filter((s) => !s.error)) {
+        const { page } = setting;
+        await page.click('#freeze'); // resume
+        await page.evaluate(() => window.skinscan.resetStats());
+        await waitFor(page, (n) => window.skinscan.stats.frames >= n, config.frames || 60);
+        const { stats } = await snapshot(page);
+        await page.click('#freeze');
+        if (!setting.best || stats.median.total < setting.best.median.total) setting.best = stats;
+      }
+    }
+    const shown = settings.find((s) => !s.error && s.precision === 'fp32');
+    if (config.screenshot && shown) { // the app as a user sees it, with its own timings at the bottom
+      await shown.page.click('#freeze');
+      await shown.page.evaluate(() => window.skinscan.resetStats());
+      await waitFor(shown.page, (n) => window.skinscan.stats.frames >= n, 30);
+      await shown.page.screenshot({ path: config.screenshot, fullPage: true });
+    }
+    for (const { precision, threads, error, best, context } of settings) {
+      out.runs.push(error ? { precision, threads, error } : { precision, threads: best.threads, median: best.median,
+        fps: best.fps, frames: best.frames, crossOriginIsolated: best.crossOriginIsolated, sessionMs: best.sessionMs });
+      await context.close();
+    }
+  } finally {
+    await stopServer(server);
+  }
+  return out;
+}
+
+const scenarios = { main: mainScenario, tampered: tamperedScenario, photos: photosScenario,
+  benchmark: benchmarkScenario };
+const log = { requests: [], errors: [] };
+const browser = await launch();
+const version = browser.version();
+let result;
+try {
+  result = { ok: true, ...(await scenarios[config.scenario](browser, log)) };
+} catch (error) {
+  result = { ok: false, failure: String(error.stack || error) };
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify({ ...result, ...log, browser: version }));
