@@ -124,8 +124,11 @@ def cmd_predict(args) -> int:
         classifier = Classifier.load(args.model, precision=args.precision, threads=args.threads)
     except (ModelPackageError, IntegrityError) as error:
         raise UsageError(str(error)) from None
+    if args.explain is not None and not classifier.has_cam:
+        raise UsageError(f"this model package ({classifier.path}) has no explanation output (`cam`), so --explain "
+                         "cannot draw one; re-export it with `skinscan export` (then `skinscan quantize`)")
 
-    predictions = []
+    predictions, overlays, taken = [], 0, set()
     with tqdm(total=len(images), unit="image", desc="classifying", file=sys.stderr, disable=len(images) < 2) as bar:
         for start in range(0, len(images), args.batch_size):
             chunk, arrays, sources = images[start:start + args.batch_size], [], []
@@ -135,7 +138,15 @@ def cmd_predict(args) -> int:
                     sources.append(str(path))
                 except (ImageError, OSError) as error:
                     failures.append((str(path), str(error)))
-            if arrays:
+            if arrays and args.explain is not None:
+                from skinscan.explain import overlay_path, save_overlay  # loads matplotlib, only for --explain
+
+                probabilities, cams = classifier.explain_arrays(np.stack(arrays))
+                for array, row, source, cam in zip(arrays, probabilities, sources, cams, strict=True):
+                    predictions.append(classifier.prediction(row, source, cam))
+                    save_overlay(array, predictions[-1], overlay_path(args.explain, source, taken))
+                    overlays += 1
+            elif arrays:
                 probabilities = classifier.predict_arrays(np.stack(arrays))
                 rows = zip(probabilities, sources, strict=True)
                 predictions += [classifier.prediction(row, source) for row, source in rows]
@@ -151,6 +162,9 @@ def cmd_predict(args) -> int:
         print(f"\n{len(failures)} input(s) could not be classified:", file=sys.stderr)
         for path, reason in failures:
             print(f"  {path}: {reason}", file=sys.stderr)
+    if args.explain is not None:
+        print(f"{overlays} explanation overlay(s) (Grad-CAM of the top diagnosis) written to {args.explain}",
+              file=sys.stderr if args.json or args.csv else sys.stdout)
     print(DISCLAIMER, file=sys.stderr if args.json or args.csv else sys.stdout)
     return 1 if failures else 0
 
@@ -378,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--csv", action="store_true", help="CSV on stdout: one row per image, every probability")
     pr.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime threads (default: all cores)")
     pr.add_argument("--batch-size", type=positive_int, default=16)
+    pr.add_argument("--explain", type=Path, metavar="OUT_DIR", default=None,
+                    help="also write one PNG per image into OUT_DIR: the image under a Grad-CAM heatmap of where "
+                         "the model looked for its top diagnosis (needs a package exported with the `cam` output)")
     pr.set_defaults(func=cmd_predict)
 
     be = verbs.add_parser("benchmark", help="latency and throughput: PyTorch eager vs ONNX FP32 vs INT8, sizes")

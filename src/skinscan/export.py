@@ -3,6 +3,9 @@
 The graph takes what every client has, uint8 RGB pixels `[N, H, W, 3]`, and does the rest inside:
 cast, NHWC->NCHW, normalisation, the network, temperature scaling and softmax. The resize stays outside
 (each platform has its own image API); its rule is data, in the metadata (see DESIGN.md).
+
+`skinscan export` adds a third output, `cam`: the Grad-CAM map of the predicted class, computed forward-only
+inside the graph (see `PackagedModel` and docs/EXPLAIN.md), so phones get explanations without gradients.
 """
 
 from __future__ import annotations
@@ -25,23 +28,87 @@ from skinscan.preprocess import PreprocessConfig
 
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("probabilities", "logits")
+CAM_OUTPUT = "cam"
+OUTPUT_DESCRIPTIONS = {
+    "probabilities": "softmax(logits), calibrated by temperature scaling on val",
+    "logits": "network logits divided by the temperature",
+    CAM_OUTPUT: "Grad-CAM map of the predicted (argmax) class on the last feature map, float [N, h, w] "
+                "(h, w = input size / 32, rounded up); ReLU, then scaled to [0, 1] per image (min-max, as "
+                "pytorch-grad-cam; an all-zero map stays zero). Upsample it to the input size to overlay it",
+}
 OPSET = 17
 TRAINING_DATA = ("HAM10000 (Tschandl et al. 2018, doi:10.1038/sdata.2018.161), the developers' 8,512-image part, "
                  "lesion-grouped train split; licence CC BY-NC-SA 4.0")
 
 
-class PackagedModel(nn.Module):
-    """The network as clients see it: uint8 NHWC pixels in, calibrated probabilities and logits out."""
+def hardswish_derivative(x: torch.Tensor) -> torch.Tensor:
+    """d/dx of hardswish(x) = x * relu6(x + 3) / 6: 0 below -3, x/3 + 1/2 on [-3, 3], 1 above (as torch's backward)."""
+    return torch.where(x < -3, 0.0, torch.where(x <= 3, x / 3 + 0.5, 1.0))
 
-    def __init__(self, model: SkinLesionNet, temperature: float = 1.0):
+
+class PackagedModel(nn.Module):
+    """The network as clients see it: uint8 NHWC pixels in, calibrated probabilities and logits out, and with
+    `cam=True` also the Grad-CAM map of the predicted class, computed without autograd.
+
+    Why Grad-CAM needs no gradients here: the head is global-average-pool -> MLP (MobileNetV3: Linear,
+    Hardswish, Dropout, Linear). With A the last feature map [C, h, w], p = mean(A), z = W1 p + b1 and
+    logit_c = W2[c] . hardswish(z) + b2[c], the chain rule gives the same gradient at every position:
+        d logit_c / d A[k, i, j] = (W1^T (hardswish'(z) * W2[c]))_k / (h w)  =  alpha_k,
+    which is Grad-CAM's channel weight (its spatial mean of the gradient). The map is relu(sum_k alpha_k A_k),
+    scaled to [0, 1] per image. Positive constant factors (1 / (h w), the temperature) vanish in that
+    scaling, so the graph skips them. `head_backward` walks any head of Linear / Hardswish / Dropout layers.
+    """
+
+    def __init__(self, model: SkinLesionNet, temperature: float = 1.0, cam: bool = False):
         super().__init__()
         self.model = model.eval()
+        self.cam = cam
         self.register_buffer("inverse_temperature", torch.tensor(1.0 / temperature))
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         pixels = image.permute(0, 3, 1, 2).float()
-        logits = self.model(pixels) * self.inverse_temperature
-        return torch.softmax(logits, dim=1), logits
+        if not self.cam:
+            logits = self.model(pixels) * self.inverse_temperature
+            return torch.softmax(logits, dim=1), logits
+        # SkinLesionNet.forward and torchvision's MobileNet forward, spelled out to keep the intermediates.
+        net = self.model.net
+        features = net.features((pixels - self.model.mean) / self.model.std)
+        hidden = torch.flatten(nn.functional.adaptive_avg_pool2d(features, 1), 1)
+        head_inputs = []
+        for layer in net.classifier:
+            head_inputs.append(hidden)
+            # torchvision's activations work in place: keep the input that the derivative needs intact.
+            hidden = layer(hidden.clone() if getattr(layer, "inplace", False) else hidden)
+        logits = hidden * self.inverse_temperature
+        alpha = head_backward(net.classifier, head_inputs, logits.argmax(dim=1))
+        # sum_k alpha_k A_k as one [1, C] x [C, h*w] product per image: in ONNX Runtime a MatMul is much cheaper
+        # than Mul + ReduceSum over channels or an Einsum. (C, h, w are fixed by the input size: constants.)
+        channels, height, width = (int(n) for n in features.shape[1:])
+        flat = features.reshape(-1, channels, height * width)
+        cam = torch.relu((alpha[:, None, :] @ flat).reshape(-1, height, width))
+        cam = cam - cam.amin(dim=(1, 2), keepdim=True)
+        cam = cam / cam.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)  # an all-zero map stays zero
+        return torch.softmax(logits, dim=1), logits, cam
+
+
+def head_backward(head: nn.Sequential, inputs: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """d logit[target] / d (the head's input), in closed form: target [N] class indices -> [N, input features].
+
+    `inputs` are the inputs each layer saw in the forward pass (Hardswish needs them for its derivative).
+    """
+    gradient = None
+    for layer, x in reversed(list(zip(head, inputs, strict=True))):
+        if isinstance(layer, nn.Dropout):
+            continue  # the identity at inference
+        if isinstance(layer, nn.Linear):
+            # The last Linear: d logit_c / d x = row c of its weight. Earlier ones: g -> g W.
+            gradient = layer.weight[target] if gradient is None else gradient @ layer.weight
+        elif isinstance(layer, nn.Hardswish) and gradient is not None:
+            gradient = gradient * hardswish_derivative(x)
+        else:
+            raise ValueError(f"no closed-form Grad-CAM through a {type(layer).__name__} in the head; export "
+                             "without the cam output")
+    return gradient
 
 
 def package_metadata(preprocess: PreprocessConfig, model_info: dict, temperature: float,
@@ -54,8 +121,7 @@ def package_metadata(preprocess: PreprocessConfig, model_info: dict, temperature
         "skinscan.preprocess": preprocess.to_json(),
         "skinscan.input": {"name": INPUT_NAME, "dtype": "uint8", "layout": "NHWC", "channels": "RGB",
                            "normalisation": "inside the graph"},
-        "skinscan.outputs": {"probabilities": "softmax(logits), calibrated by temperature scaling on val",
-                             "logits": "network logits divided by the temperature"},
+        "skinscan.outputs": dict(OUTPUT_DESCRIPTIONS),  # export_onnx keeps the outputs its graph has
         "skinscan.temperature": temperature,
         "skinscan.model": model_info,
         "skinscan.version": __version__,
@@ -80,20 +146,29 @@ def read_metadata(model: onnx.ModelProto) -> dict:
 
 
 def export_onnx(model: SkinLesionNet, preprocess: PreprocessConfig, path: str | Path, temperature: float = 1.0,
-                metadata: dict[str, str] | None = None) -> Path:
-    """Write the fp32 ONNX graph (dynamic batch), check it, and attach the metadata."""
+                metadata: dict[str, str] | None = None, cam: bool = False) -> Path:
+    """Write the fp32 ONNX graph (dynamic batch), check it, and attach the metadata.
+
+    cam: add the `cam` output (Grad-CAM of the predicted class). `skinscan export` turns it on; off, the
+    graph is the bare classifier, which the quantization experiments and tests measure.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    wrapped = PackagedModel(model.cpu().float(), temperature).eval()
+    wrapped = PackagedModel(model.cpu().float(), temperature, cam=cam).eval()
     example = torch.zeros(1, *preprocess.size, 3, dtype=torch.uint8)
+    output_names = [*OUTPUT_NAMES, CAM_OUTPUT] if cam else list(OUTPUT_NAMES)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(wrapped, (example,), str(path), dynamo=False, opset_version=OPSET,
-                          input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in OUTPUT_NAMES}})
+                          input_names=[INPUT_NAME], output_names=output_names,
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in output_names}})
     graph = onnx.load(str(path))
     graph.doc_string = "skinscan skin-lesion classifier: a screening aid, not a diagnosis."
-    set_metadata(graph, metadata or {})
+    metadata = dict(metadata or {})
+    if "skinscan.outputs" in metadata:  # describe the outputs this graph has, no more
+        described = json.loads(metadata["skinscan.outputs"])
+        metadata["skinscan.outputs"] = json.dumps({k: v for k, v in described.items() if k in output_names})
+    set_metadata(graph, metadata)
     onnx.checker.check_model(graph, full_check=True)
     onnx.save(graph, str(path))
     return path
@@ -150,7 +225,7 @@ def build_package(checkpoint_path: str | Path, data_dir: str | Path, split_csv: 
     model_info = {**checkpoint["model_config"], "epoch": checkpoint["epoch_metrics"]["epoch"],
                   "val_balanced_accuracy": checkpoint["epoch_metrics"]["val_balanced_accuracy"]}
     metadata = package_metadata(preprocess, model_info, temperature, thresholds)
-    onnx_path = export_onnx(model, preprocess, out_dir / "skinscan.onnx", temperature, metadata)
+    onnx_path = export_onnx(model, preprocess, out_dir / "skinscan.onnx", temperature, metadata, cam=True)
     convert_to_ort(onnx_path)
     write_manifest(out_dir)
     return {key: json.loads(value) for key, value in metadata.items()}

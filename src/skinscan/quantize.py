@@ -20,6 +20,12 @@ the steadier signal.) Keeping the squeeze-excite convolutions in float (their Re
 worst-quantized tensors by `qdq_loss_debug`) gave 0.930 / 0.712 but cost 0.6 ms (float convs plus
 per-run weight dequantization, which ORT does not constant-fold), so everything is INT8 but the
 temperature and the softmax at the very end.
+
+The explanation output `cam` (Grad-CAM of the predicted class, see `skinscan.export.PackagedModel`) stays
+float too: the nodes only it needs (`explanation_only_nodes`) are excluded from quantization. They read the
+dequantized last feature map and head pre-activation, and the head's weights through DequantizeLinear of
+the int8 copies the quantized classifier holds (the quantizer does that itself), so the branch adds no float
+weights: 2.4 MB for the first head layer alone, more than the whole INT8 model.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from skinscan.ort_mobile import convert_to_ort
 from skinscan.preprocess import PreprocessConfig
 
 PIXEL_ZERO_POINT = 128  # the stem reads pixels as (pixel - 128) * 1.0
+CLASSIFICATION_OUTPUTS, CAM_OUTPUT = ("probabilities", "logits"), "cam"
 _DELETED = "__deleted__"
 FP32_FILE, INT8_FILE = "skinscan.onnx", "skinscan-int8.onnx"
 
@@ -111,6 +118,29 @@ class GraphIndex:
         del self.graph.node[:]
         self.graph.node.extend(kept)
         self.refresh()
+
+
+def explanation_only_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The nodes that only the `cam` output needs: its ancestors that no classification output depends on.
+
+    Found structurally, so it holds before and after quantization; empty for a graph without `cam`.
+    """
+    nodes = model.graph.node
+    producer = {name: i for i, node in enumerate(nodes) for name in node.output}
+
+    def ancestors(outputs) -> set[int]:
+        found, pending = set(), [producer[name] for name in outputs if name in producer]
+        while pending:
+            i = pending.pop()
+            if i not in found:
+                found.add(i)
+                pending += [producer[name] for name in nodes[i].input if name in producer]
+        return found
+
+    if CAM_OUTPUT not in {output.name for output in model.graph.output}:
+        return []
+    cam_only = ancestors([CAM_OUTPUT]) - ancestors(CLASSIFICATION_OUTPUTS)
+    return [node for i, node in enumerate(nodes) if i in cam_only]
 
 
 # ------------------------------------------------------------------------------ FP32 edits (before PTQ)
@@ -228,6 +258,54 @@ def fuse_hardsigmoid_gates(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dic
     return model, counts
 
 
+def integer_cam_matmuls(model: onnx.ModelProto) -> int:
+    """In the cam branch, MatMul(g, DequantizeLinear(W_q, s, 0, axis=0))  becomes  an integer GEMV on W_q.
+
+    The branch's alpha = g W1 reads the 1024x576 head weight, which the INT8 model holds in int8. Through
+    DequantizeLinear that is 590k weights dequantized on every run (ORT does not constant-fold it): 0.3 ms,
+    more than the multiplication itself. Instead g W = (g * s) W_q, with the per-row scales s moved onto g:
+    each image's g * s is rounded to 8 bits over its own range (step = max|g * s| / 127, zero point 128),
+    multiplied by the int8 weights as stored (MatMulInteger), and scaled back by the step. Per image, not
+    DynamicQuantizeLinear's one range per batch: an image's map must not depend on the rest of its batch.
+    The only new error is that 8-bit rounding of g. Returns how many MatMuls were rewritten.
+    """
+    index = GraphIndex(model)
+    inverse_127 = index.add_initializer("cam_inverse_127", np.array(1 / 127, np.float32))
+    smallest_step = index.add_initializer("cam_smallest_step", np.array(1e-30, np.float32))  # g = 0: no 0/0
+    one = index.add_initializer("cam_one", np.array(1.0, np.float32))
+    zero_point = index.add_initializer("cam_zero_point_128", np.array(128, np.uint8))
+    doomed = []
+    for matmul in [n for n in explanation_only_nodes(model) if n.op_type == "MatMul"]:
+        dequantize = index.producer.get(matmul.input[1])
+        if dequantize is None or dequantize.op_type != "DequantizeLinear" \
+                or dequantize.input[0] not in index.initializers:
+            continue
+        attributes = {a.name: helper.get_attribute_value(a) for a in dequantize.attribute}
+        weights, scale, zero = (index.value(name) for name in dequantize.input[:3])
+        if weights.dtype != np.int8 or weights.ndim != 2 or np.any(zero != 0) \
+                or (scale.size > 1 and attributes.get("axis", 1) != 0):
+            continue  # not a symmetric int8 matrix with one scale per row
+        n = matmul.name or f"cam_matmul_{len(doomed)}"
+        model.graph.node.extend([
+            helper.make_node("Mul", [matmul.input[0], dequantize.input[1]], [n + "_scaled"], name=n + "_scale"),
+            helper.make_node("Abs", [n + "_scaled"], [n + "_abs"], name=n + "_abs"),
+            helper.make_node("ReduceMax", [n + "_abs"], [n + "_range"], name=n + "_range", axes=[-1], keepdims=1),
+            helper.make_node("Mul", [n + "_range", inverse_127], [n + "_raw_step"], name=n + "_raw_step"),
+            helper.make_node("Max", [n + "_raw_step", smallest_step], [n + "_step"], name=n + "_step"),
+            helper.make_node("Div", [n + "_scaled", n + "_step"], [n + "_in_steps"], name=n + "_in_steps"),
+            helper.make_node("QuantizeLinear", [n + "_in_steps", one, zero_point], [n + "_uint8"], name=n + "_round"),
+            helper.make_node("MatMulInteger", [n + "_uint8", dequantize.input[0], zero_point], [n + "_int32"],
+                             name=n + "_integer"),
+            helper.make_node("Cast", [n + "_int32"], [n + "_float"], name=n + "_cast", to=onnx.TensorProto.FLOAT),
+            helper.make_node("Mul", [n + "_float", n + "_step"], [matmul.output[0]], name=n + "_rescale"),
+        ])
+        doomed.append(matmul)
+    index.remove_nodes(doomed)
+    _remove_unused_dequantize(index)
+    _topological_sort(model)
+    return len(doomed)
+
+
 def _remove_unused_dequantize(index: GraphIndex) -> None:
     outputs = {o.name for o in index.graph.output}
     unused = [n for n in index.graph.node if n.op_type == "DequantizeLinear"
@@ -274,9 +352,13 @@ def quantize_package_model(fp32_path: str | Path, int8_path: str | Path, calibra
         model = onnx.load(str(prepared))
         if graph_edits:
             model = fold_normalization_into_stem(model)
+        # The explanation branch stays float (module docstring); exclusion goes by name, so name them all.
+        cam_nodes = explanation_only_nodes(model)
+        for i, node in enumerate(cam_nodes):
+            node.name = node.name or f"cam_branch_{i}"
         onnx.save(model, str(prepared))
         # The temperature and the softmax stay float: 7 values, and uint8 probabilities would step by 1/256.
-        outputs = {"logits", "probabilities"}
+        outputs = set(CLASSIFICATION_OUTPUTS)
         excluded = list(nodes_to_exclude or []) + [n.name for n in model.graph.node if outputs & set(n.output)]
         quantized = Path(tmp) / "quantized.onnx"
         quantize_static(
@@ -284,7 +366,7 @@ def quantize_package_model(fp32_path: str | Path, int8_path: str | Path, calibra
             quant_format=QuantFormat.QOperator, per_channel=per_channel,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             calibrate_method=getattr(CalibrationMethod, calibrate_method),
-            nodes_to_exclude=excluded,
+            nodes_to_exclude=excluded + [n.name for n in cam_nodes],
             extra_options={"CalibPercentile": 99.99} if calibrate_method == "Percentile" else {},
         )
         model = onnx.load(str(quantized))
@@ -292,6 +374,8 @@ def quantize_package_model(fp32_path: str | Path, int8_path: str | Path, calibra
     if graph_edits:
         model = feed_pixels_to_stem(model)
         model, counts = fuse_hardsigmoid_gates(model)
+        if explanation_only_nodes(model):
+            counts["cam_integer_matmuls"] = integer_cam_matmuls(model)
     remove_unused_initializers(model)
     del model.metadata_props[:]
     model.metadata_props.extend(original.metadata_props)
@@ -300,7 +384,8 @@ def quantize_package_model(fp32_path: str | Path, int8_path: str | Path, calibra
     onnx.save(model, str(int8_path))
     return {"format": "QOperator", "per_channel": per_channel, "calibrate_method": calibrate_method,
             "calibration_images": int(len(calibration_images)), "graph_edits": graph_edits,
-            "float_nodes": len(excluded), **counts}
+            "float_nodes": len(excluded), **counts,
+            **({"cam_float_nodes": len(cam_nodes)} if cam_nodes else {})}
 
 
 # --------------------------------------------------------------------------------------- package step

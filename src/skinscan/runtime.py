@@ -19,6 +19,10 @@ What is verified at load, before ONNX Runtime parses a byte of the model:
 
 Decoding and resizing use `skinscan.preprocess` (EXIF orientation, colour modes, JPEG draft decoding,
 size limits), i.e. the exact rule the model was trained with, read from the package's metadata.
+
+Packages from `skinscan export` also output `cam`, the Grad-CAM map of the predicted class computed inside the
+graph (docs/EXPLAIN.md); `classify` returns it as `Prediction.cam`. Older packages without it keep working
+(`cam` is None, `has_cam` False).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ PRECISIONS = ("auto", "int8", "fp32")
 PRECISION_FILES = {"int8": INT8_FILE, "fp32": FP32_FILE}
 INPUT_NAME = "image"
 PROBABILITIES = "probabilities"
+CAM = "cam"  # optional output: Grad-CAM of the predicted class, float [N, h, w] in [0, 1]
 REQUIRED_METADATA = ("skinscan.labels", "skinscan.label_names", "skinscan.malignant", "skinscan.preprocess",
                      "skinscan.thresholds")
 TOP_K = 3
@@ -66,6 +71,9 @@ class Prediction:
     malignant_probability: float  # the sum over the malignant diagnoses
     malignant: bool  # malignant_probability >= the package's "malignant" threshold
     source: str | None = field(default=None)
+    # Grad-CAM of the top class on the model's last feature map [h, w], in [0, 1]; None when the package
+    # has no `cam` output. It covers the model's input, i.e. the image after the package's resize rule.
+    cam: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -75,9 +83,12 @@ class Prediction:
     def probability(self) -> float:
         return self.top[0][2]
 
-    def to_dict(self) -> dict:
-        """JSON-friendly: plain str/float/bool, `top` as a list of {code, name, probability}."""
-        return {
+    def to_dict(self, include_cam: bool = False) -> dict:
+        """JSON-friendly: plain str/float/bool, `top` as a list of {code, name, probability}.
+
+        include_cam: add `cam` as nested lists (rows of the map), or None; off by default to keep documents small.
+        """
+        document = {
             "source": self.source,
             "label": self.label,
             "name": self.name,
@@ -87,6 +98,9 @@ class Prediction:
             "malignant_probability": self.malignant_probability,
             "malignant": self.malignant,
         }
+        if include_cam:
+            document["cam"] = None if self.cam is None else self.cam.tolist()
+        return document
 
 
 def bundled_package_dir() -> Path:
@@ -241,6 +255,7 @@ class Classifier:
         if isinstance(columns, int) and columns != len(self.labels):
             raise ModelPackageError(f"the model outputs {columns} probabilities but its metadata has "
                                     f"{len(self.labels)} labels")
+        self.has_cam = CAM in outputs and len(outputs[CAM].shape) == 3
 
     def __repr__(self) -> str:
         height, width = self.config.size
@@ -252,20 +267,36 @@ class Classifier:
         """Decode and resize one image by this model's rule -> uint8 (H, W, 3). Raises ImageError."""
         return preprocess_image(image, self.config)
 
-    def predict_arrays(self, images: np.ndarray) -> np.ndarray:
-        """The low-level path: uint8 [N, H, W, 3] RGB, already resized -> probabilities float32 [N, labels]."""
+    def _model_input(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)
         expected = (*self.config.size, 3)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != expected:
             raise ValueError(f"expected uint8 images of shape [N, {expected[0]}, {expected[1]}, 3], got "
                              f"{images.dtype} {list(images.shape)} (one image: array[None]; decode and resize "
                              "with Classifier.preprocess)")
+        return np.ascontiguousarray(images)
+
+    def predict_arrays(self, images: np.ndarray) -> np.ndarray:
+        """The low-level path: uint8 [N, H, W, 3] RGB, already resized -> probabilities float32 [N, labels]."""
+        images = self._model_input(images)
         if len(images) == 0:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        return self.session.run([PROBABILITIES], {INPUT_NAME: np.ascontiguousarray(images)})[0]
+        return self.session.run([PROBABILITIES], {INPUT_NAME: images})[0]
 
-    def prediction(self, probabilities: np.ndarray, source: str | None = None) -> Prediction:
-        """One row of `predict_arrays` -> a Prediction."""
+    def explain_arrays(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Like `predict_arrays`, plus the Grad-CAM maps [N, h, w] of each image's top class (None without `cam`).
+
+        The graph computes the map on every run anyway (ONNX Runtime runs all nodes), so fetching it is free.
+        """
+        images = self._model_input(images)
+        if not self.has_cam or len(images) == 0:
+            return self.predict_arrays(images), None
+        probabilities, cams = self.session.run([PROBABILITIES, CAM], {INPUT_NAME: images})
+        return probabilities, cams
+
+    def prediction(self, probabilities: np.ndarray, source: str | None = None,
+                   cam: np.ndarray | None = None) -> Prediction:
+        """One row of `predict_arrays` (and of the maps of `explain_arrays`) -> a Prediction."""
         row = np.asarray(probabilities, dtype=np.float64)
         order = np.argsort(-row, kind="stable")[:TOP_K]
         top = [(self.labels[i], self.label_names[self.labels[i]], float(row[i])) for i in order]
@@ -277,13 +308,15 @@ class Classifier:
             malignant_probability=malignant_probability,
             malignant=malignant_probability >= self.threshold,
             source=source,
+            cam=cam,
         )
 
     def classify(self, image: ImageSource, source: str | None = None) -> Prediction:
         """A path, bytes, PIL image or numpy array -> Prediction. `source` defaults to the path, if any."""
         if source is None and isinstance(image, (str, Path)):
             source = str(image)
-        return self.prediction(self.predict_arrays(self.preprocess(image)[None])[0], source)
+        probabilities, cams = self.explain_arrays(self.preprocess(image)[None])
+        return self.prediction(probabilities[0], source, None if cams is None else cams[0])
 
     def classify_batch(self, images: Iterable[ImageSource], batch_size: int = 16,
                        sources: Sequence[str | None] | None = None) -> list[Prediction]:
@@ -298,9 +331,10 @@ class Classifier:
         predictions = []
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
-            probabilities = self.predict_arrays(np.stack([self.preprocess(image) for image in chunk]))
-            rows = zip(probabilities, sources[start:start + batch_size], strict=True)
-            predictions += [self.prediction(row, source) for row, source in rows]
+            probabilities, cams = self.explain_arrays(np.stack([self.preprocess(image) for image in chunk]))
+            cams = [None] * len(chunk) if cams is None else list(cams)
+            rows = zip(probabilities, sources[start:start + batch_size], cams, strict=True)
+            predictions += [self.prediction(row, source, cam) for row, source, cam in rows]
         return predictions
 
 
