@@ -16,7 +16,6 @@ import torch.multiprocessing as mp  # noqa: E402
 
 from skinscan import distributed  # noqa: E402
 from skinscan import train as train_module  # noqa: E402
-from skinscan.data import lesion_grouped_split, read_metadata, write_split  # noqa: E402
 from skinscan.export import build_package  # noqa: E402
 from skinscan.manifest import verify_file  # noqa: E402
 from skinscan.train import TrainConfig, load_checkpoint  # noqa: E402
@@ -27,13 +26,6 @@ pytestmark = [pytest.mark.slow,
 
 TINY = ["--input-size", "96", "128", "--warmup-epochs", "1", "--epochs", "2", "--batch-size", "16",
         "--max-images", "70", "--threads", "1", "--seed", "3"]
-
-
-@pytest.fixture(scope="module")
-def split_csv(ham10000_dir, tmp_path_factory):
-    path = tmp_path_factory.mktemp("split") / "split.csv"
-    write_split(lesion_grouped_split(read_metadata(ham10000_dir), seed=0), path)
-    return path
 
 
 def metrics(run_dir) -> list[dict]:

@@ -22,7 +22,7 @@ from pytorch_grad_cam.utils.image import scale_cam_image  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 
 from skinscan.cli import main  # noqa: E402
-from skinscan.data import image_paths, lesion_grouped_split, load_split_images, read_metadata, write_split  # noqa: E402
+from skinscan.data import image_paths, load_split_images  # noqa: E402
 from skinscan.explain import save_overlay  # noqa: E402
 from skinscan.export import PackagedModel, export_onnx, package_metadata  # noqa: E402
 from skinscan.manifest import write_manifest  # noqa: E402
@@ -33,13 +33,6 @@ from skinscan.runtime import Classifier  # noqa: E402
 
 SIZE = PreprocessConfig((210, 280), "center_crop")  # the bundled model's input: a 7x9 last feature map
 MAP_SHAPE = (7, 9)
-
-
-@pytest.fixture(scope="module")
-def split_csv(ham10000_dir, tmp_path_factory):
-    path = tmp_path_factory.mktemp("split") / "split.csv"
-    write_split(lesion_grouped_split(read_metadata(ham10000_dir), seed=0), path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="building a test model needs the `train` extra (torch)")
 
-from skinscan.data import lesion_grouped_split, load_split_images, read_metadata, write_split  # noqa: E402
+from skinscan.data import load_split_images  # noqa: E402
 from skinscan.export import export_onnx, package_metadata  # noqa: E402
 from skinscan.manifest import verify_file, write_manifest  # noqa: E402
 from skinscan.model import create_model  # noqa: E402
@@ -24,13 +24,6 @@ from skinscan.quantize import (  # noqa: E402
 )
 
 SIZE = PreprocessConfig((96, 128), "center_crop")
-
-
-@pytest.fixture(scope="module")
-def split_csv(ham10000_dir, tmp_path_factory):
-    path = tmp_path_factory.mktemp("split") / "split.csv"
-    write_split(lesion_grouped_split(read_metadata(ham10000_dir), seed=0), path)
-    return path
 
 
 @pytest.fixture(scope="module")

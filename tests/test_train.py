@@ -9,20 +9,12 @@ import pytest
 torch = pytest.importorskip("torch", reason="training needs the `train` extra (torch)")
 
 from skinscan import train as train_module  # noqa: E402
-from skinscan.data import lesion_grouped_split, read_metadata, write_split  # noqa: E402
 from skinscan.evaluate import evaluate_checkpoint  # noqa: E402
 from skinscan.export import build_package, torch_probabilities  # noqa: E402
 from skinscan.manifest import verify_file  # noqa: E402
 from skinscan.train import TrainConfig, load_checkpoint, load_model, train  # noqa: E402
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def split_csv(ham10000_dir, tmp_path_factory):
-    path = tmp_path_factory.mktemp("split") / "split.csv"
-    write_split(lesion_grouped_split(read_metadata(ham10000_dir), seed=0), path)
-    return path
 
 
 def tiny_config(ham10000_dir, split_csv, out_dir, pretrained, **overrides) -> TrainConfig:
