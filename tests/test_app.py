@@ -388,6 +388,53 @@ def test_uploaded_photos_match_the_python_runtime(app_run):
     assert (sideways["width"], sideways["height"]) == (upright["width"], upright["height"])  # EXIF applied
 
 
+def test_the_explanation_overlay_follows_its_toggle(app_run):
+    result = app_run.result
+    default = result["overlayDefault"]
+    assert default["pressed"] == "false" and default["hidden"] is True and default["disabled"] is False
+    reference = app_run.classifier.classify(app_run.camera_image).cam
+    for key, source in (("overlayCamera", "camera"), ("overlayPhoto", app_run.photos[-1].name),
+                        ("overlayFrozen", "frozen")):
+        shown = result[key]
+        assert shown["pressed"] == "true" and shown["visible"] is True, key
+        assert shown["painted"] > 0, key  # the map has cells above the transparent range
+        assert shown["lastCam"]["source"] == source, key
+        assert (shown["lastCam"]["h"], shown["lastCam"]["w"]) == reference.shape, key
+        assert 0.0 < shown["lastCam"]["max"] <= 1.0, key
+        assert np.allclose(shown["rect"], shown["guide"], atol=0.5), key  # exactly over what the model saw
+    off = result["overlayOff"]
+    assert off["pressed"] == "false" and off["hidden"] is True and off["visible"] is False
+    assert result["visibleDisclaimer"] is True
+
+
+def test_uploaded_photo_maps_match_the_python_runtime(app_run):
+    fp32 = Classifier.load(app_run.classifier.package_dir, precision="fp32", threads=1)
+    for photo, browser in zip(app_run.photos, app_run.result["photos"], strict=True):
+        reference = fp32.classify(photo).cam
+        assert reference is not None, "the bundled package has no cam output"
+        cam = browser["cam"]
+        received = np.asarray(cam["data"], np.float32).reshape(cam["h"], cam["w"])
+        assert received.shape == reference.shape, photo.name
+        assert np.abs(received - reference).max() <= UPLOAD_TOLERANCE, photo.name
+    assert app_run.result["frozen"]["cam"] is not None
+
+
+def test_a_package_without_cam_keeps_working(package, tmp_path):
+    """The small test package is a plain export (outputs `probabilities` and `logits`, no `cam`)."""
+    import onnx
+
+    assert "cam" not in [output.name for output in onnx.load(str(package / FP32_FILE)).graph.output]
+    photo = tmp_path / "lesion.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (150, 200, 3), dtype=np.uint8)).save(photo)
+    document = drive({"scenario": "photos", "server": server_command(package), "photos": [str(photo)]}, tmp_path)
+    (result,) = document["results"]
+    assert result["cam"] is None and sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    overlay = document["overlay"]
+    assert overlay["disabled"] is True and "no explanation output" in overlay["title"]
+    assert overlay["hidden"] is True and overlay["pressed"] == "false"
+    assert document["errors"] == []
+
+
 def test_freeze_screens_the_frozen_frame(app_run):
     assert app_run.result["frozen"]["source"] == "frozen"
     assert app_run.result["frozen"]["label"] == app_run.result["camera"]["lastResult"]["label"]

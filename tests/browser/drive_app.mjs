@@ -83,10 +83,27 @@ const snapshot = (page) => page.evaluate(() => {
   const { stats, lastResult, photoResults, model } = window.skinscan;
   const clean = (r) => r && { source: r.source, label: r.label, probabilities: r.probabilities,
     malignant: r.malignant, malignantProbability: r.malignantProbability, cannotAssess: r.cannotAssess,
-    width: r.width, height: r.height, timings: r.timings };
+    width: r.width, height: r.height, timings: r.timings,
+    cam: r.cam ? { h: r.cam.h, w: r.cam.w, data: Array.from(r.cam.data) } : null };
   return { stats: { ...stats, samples: undefined }, lastResult: clean(lastResult), photoResults: photoResults.map(clean),
     precision: model && model.precision, crossOriginIsolated: window.crossOriginIsolated,
     disclaimer: document.querySelector('.disclaimer').innerText, verdict: document.querySelector('#verdict').innerText };
+});
+
+/** The Grad-CAM overlay as shown: toggle state, visibility, painted pixels, and its box against the guide's. */
+const overlay = (page) => page.evaluate(() => {
+  const canvas = document.querySelector('#cam');
+  const button = document.querySelector('#explain');
+  const box = (element) => { const r = element.getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; };
+  let painted = 0;
+  if (canvas.width && canvas.height) {
+    const { data } = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height);
+    for (let i = 3; i < data.length; i += 4) painted += data[i] > 0 ? 1 : 0;
+  }
+  return { pressed: button.getAttribute('aria-pressed'), disabled: button.disabled, title: button.title,
+    hidden: canvas.hidden, visible: !canvas.hidden && canvas.getBoundingClientRect().width > 0, painted,
+    rect: box(canvas), guide: box(document.querySelector('.guide')), lastCam: window.skinscan.stats.lastCam,
+    source: window.skinscan.lastResult && window.skinscan.lastResult.source };
 });
 
 async function uploadPhotos(page, photos) {
@@ -114,8 +131,20 @@ async function mainScenario(browser, log) {
     await cameraFrames(page, 3);
     step('camera frames classified');
     out.camera = await snapshot(page);
+
+    // "Show where it looked": off by default; on, the next camera frame's map is drawn over the guide's box.
+    out.overlayDefault = await overlay(page);
+    await page.click('#explain');
+    const shownFrames = await page.evaluate(() => window.skinscan.stats.frames);
+    await waitFor(page, (n) => window.skinscan.stats.frames > n && window.skinscan.stats.lastCam?.source === 'camera',
+      shownFrames);
+    out.overlayCamera = await overlay(page);
     out.photos = await uploadPhotos(page, config.photos || []);
+    out.overlayPhoto = await overlay(page); // the last photo's own map
     out.visibleDisclaimer = await page.locator('.disclaimer').isVisible();
+    await page.click('#explain');
+    out.overlayOff = await overlay(page);
+    await page.click('#explain'); // back on for the frozen frame
 
     // Freeze: back to the camera, freeze, and the frozen frame gets its own result.
     await page.click('#back');
@@ -124,6 +153,7 @@ async function mainScenario(browser, log) {
     await page.click('#freeze');
     await waitFor(page, () => window.skinscan.lastResult.source === 'frozen');
     out.frozen = (await snapshot(page)).lastResult;
+    out.overlayFrozen = await overlay(page);
     await page.click('#freeze'); // resume
 
     // Offline: once the service worker is active, stop the server and reload.
@@ -168,13 +198,14 @@ async function photosScenario(browser, log) {
     await page.goto(server.url + (config.query || ''));
     await waitFor(page, () => window.skinscan && window.skinscan.phase !== 'loading');
     const results = await uploadPhotos(page, config.photos || []);
+    const explain = await overlay(page);
     const shown = await page.evaluate(() => ({
       verdict: document.querySelector('#verdict').innerText,
       malignancy: document.querySelector('#malignancy').innerText,
       classes: document.querySelector('#result').className,
     }));
     await context.close();
-    return { results, shown };
+    return { results, shown, overlay: explain };
   } finally {
     await stopServer(server);
   }

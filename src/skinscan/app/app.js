@@ -20,6 +20,7 @@ const view = {
   status: $('status'), video: $('camera'), photo: $('photo'), hint: $('hint'), result: $('result'),
   verdict: $('verdict'), top: $('top'), malignancy: $('malignancy'), error: $('error'), freeze: $('freeze'),
   gallery: $('gallery'), back: $('back'), stats: $('stats'), guide: document.querySelector('.guide'),
+  explain: $('explain'), cam: $('cam'),
 };
 
 const state = {
@@ -29,7 +30,9 @@ const state = {
   mode: 'camera', // camera | frozen | photo
   lastResult: null,
   photoResults: [],
-  stats: { frames: 0, fps: 0, median: {}, samples: [], precision: null, threads: null, crossOriginIsolated },
+  showCam: false, // "Show where it looked": the Grad-CAM overlay, off by default
+  stats: { frames: 0, fps: 0, median: {}, samples: [], precision: null, threads: null, crossOriginIsolated,
+    lastCam: null }, // lastCam: {h, w, max, source} of the map on the overlay
 };
 window.skinscan = state;
 window.skinscanStats = state.stats;
@@ -70,7 +73,7 @@ async function loadModel() {
     type: 'load', modelUrl: `model/${file}`, sha256: entry.sha256, preprocess: metadata.preprocess,
     threads: Number(params.get('threads')) || 0, input: metadata.input, output: metadata.output,
   });
-  state.model = { ...metadata, precision, file };
+  state.model = { ...metadata, precision, file, hasCam: Boolean(loaded.hasCam) };
   Object.assign(state.stats, { precision, threads: loaded.threads, crossOriginIsolated: loaded.crossOriginIsolated,
     modelDownloadMs: loaded.downloadMs, sessionMs: loaded.sessionMs });
 }
@@ -126,7 +129,59 @@ function render(result) {
     `(flagged at ≥ ${percent(thresholds.malignant)})`;
 }
 
-/** Place the dashed guide on exactly the part of the picture the model sees (its centre-crop box). */
+// -------------------------------------------------------------------------------- Grad-CAM overlay
+// The model's `cam` output (docs/EXPLAIN.md) is an h x w map in [0, 1] over the model's input, i.e. the
+// guide's box: it is written into an h x w canvas (one ImageData, reused) that CSS stretches over the box,
+// which the browser upscales bilinearly. Colours: a jet-like ramp, transparent at low values, alpha <= 0.45.
+const CAM_LUT = (() => {
+  const lut = new Uint8ClampedArray(256 * 4);
+  const ramp = (x) => Math.max(0, Math.min(1, x));
+  for (let i = 0; i < 256; i++) {
+    const v = i / 255;
+    lut[4 * i] = 255 * ramp(1.5 - Math.abs(4 * v - 3));
+    lut[4 * i + 1] = 255 * ramp(1.5 - Math.abs(4 * v - 2));
+    lut[4 * i + 2] = 255 * ramp(1.5 - Math.abs(4 * v - 1));
+    lut[4 * i + 3] = 255 * 0.45 * ramp((v - 0.15) / 0.25);
+  }
+  return lut;
+})();
+const camContext = view.cam.getContext('2d');
+let camImage = null; // ImageData, reused while the map's size stays the same
+let camShown = null; // the result whose map is on the overlay
+
+function drawCam(result) {
+  camShown = result && result.cam ? result : null;
+  if (!state.showCam || !camShown) {
+    view.cam.hidden = true;
+    return;
+  }
+  const { data, h, w } = camShown.cam;
+  if (view.cam.width !== w || view.cam.height !== h) Object.assign(view.cam, { width: w, height: h });
+  if (!camImage || camImage.width !== w || camImage.height !== h) camImage = camContext.createImageData(w, h);
+  const pixels = camImage.data;
+  let max = 0;
+  for (let i = 0; i < h * w; i++) {
+    const v = data[i] > 0 ? (data[i] < 1 ? data[i] : 1) : 0;
+    if (v > max) max = v;
+    const at = 4 * Math.round(255 * v);
+    pixels[4 * i] = CAM_LUT[at];
+    pixels[4 * i + 1] = CAM_LUT[at + 1];
+    pixels[4 * i + 2] = CAM_LUT[at + 2];
+    pixels[4 * i + 3] = CAM_LUT[at + 3];
+  }
+  camContext.putImageData(camImage, 0, 0);
+  const last = state.stats.lastCam || (state.stats.lastCam = { h: 0, w: 0, max: 0, source: null });
+  last.h = h; last.w = w; last.max = max; last.source = camShown.source;
+  view.cam.hidden = false;
+}
+
+function toggleCam() {
+  state.showCam = !state.showCam;
+  view.explain.setAttribute('aria-pressed', String(state.showCam));
+  drawCam(state.showCam ? state.lastResult : null);
+}
+
+/** Place the dashed guide (and the Grad-CAM overlay) on exactly the part of the picture the model sees. */
 function placeGuide() {
   const element = state.mode === 'photo' ? view.photo : view.video;
   const width = element.videoWidth || element.naturalWidth;
@@ -138,10 +193,12 @@ function placeGuide() {
   const scale = Math.min(element.clientWidth / width, element.clientHeight / height); // object-fit: contain
   const left = (element.clientWidth - width * scale) / 2;
   const top = (element.clientHeight - height * scale) / 2;
-  Object.assign(view.guide.style, {
+  const placement = {
     left: `${left + box[0] * scale}px`, top: `${top + box[1] * scale}px`,
     width: `${(box[2] - box[0]) * scale}px`, height: `${(box[3] - box[1]) * scale}px`,
-  });
+  };
+  Object.assign(view.guide.style, placement);
+  Object.assign(view.cam.style, placement);
 }
 
 // ------------------------------------------------------------------------------------------ timings
@@ -202,7 +259,8 @@ function screen(grab, label) {
       start: t0, capture: t1 - t0, read: reply.readMs, preprocess: reply.preprocessMs, inference: reply.inferenceMs,
       messaging: t2 - t1 - reply.preprocessMs - reply.inferenceMs, received: t2,
     };
-    return { source: label, ...interpret(reply.probabilities), width: reply.width, height: reply.height, timings };
+    return { source: label, ...interpret(reply.probabilities), width: reply.width, height: reply.height,
+      cam: reply.cam, timings };
   });
   queue = run.catch(() => {});
   return run;
@@ -211,6 +269,7 @@ function screen(grab, label) {
 /** Render a result and complete its timings (render, end-to-end). */
 function show(result) {
   render(result);
+  drawCam(result);
   const end = performance.now();
   Object.assign(result.timings, { render: end - result.timings.received, total: end - result.timings.start, end });
   state.lastResult = result;
@@ -290,6 +349,7 @@ function setMode(mode) {
   view.freeze.hidden = photo;
   view.freeze.textContent = mode === 'frozen' ? 'Resume' : 'Freeze';
   view.hint.hidden = mode !== 'camera';
+  drawCam(null); // the map of the picture on screen only: the next result brings its own
   placeGuide();
   if (mode === 'camera' && view.video.srcObject) {
     view.video.play().then(cameraLoop, fail);
@@ -333,6 +393,7 @@ function fail(error) {
   showError(state.error.message);
   view.freeze.disabled = true;
   view.gallery.disabled = true;
+  view.explain.disabled = true;
 }
 
 async function registerServiceWorker() {
@@ -354,6 +415,7 @@ async function keepModelOffline(file) {
 async function main() {
   view.freeze.addEventListener('click', () => freeze().catch(fail));
   view.back.addEventListener('click', () => setMode('camera'));
+  view.explain.addEventListener('click', toggleCam);
   view.gallery.addEventListener('change', pickPhoto);
   for (const [target, event] of [[view.video, 'resize'], [view.photo, 'load'], [window, 'resize']]) {
     target.addEventListener(event, placeGuide);
@@ -366,6 +428,9 @@ async function main() {
     return;
   }
   state.phase = 'ready';
+  view.explain.disabled = !state.model.hasCam;
+  view.explain.title = state.model.hasCam ? 'Overlay the Grad-CAM map: where the evidence for the top class lies'
+    : 'This model package has no explanation output (cam): re-export it to get the map';
   placeGuide();
   keepModelOffline(state.model.file).catch((error) => console.warn('model not cached for offline use:', error));
   view.status.textContent = `Ready · on-device · ${state.model.precision}`;

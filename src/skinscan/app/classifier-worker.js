@@ -15,6 +15,8 @@ let input = null; // Uint8Array, the model input [1, H, W, 3], reused
 let tensor = null;
 let inputName = 'image';
 let outputName = 'probabilities';
+let outputNames = ['probabilities']; // plus 'cam' (the Grad-CAM map, docs/EXPLAIN.md) when the package has it
+const CAM = 'cam';
 let canvas = null;
 let context = null;
 let frameBuffer = null; // camera frames' RGBA, reused
@@ -49,12 +51,15 @@ async function load({ modelUrl, sha256, preprocess, threads, input: inName, outp
   });
   inputName = inName || 'image';
   outputName = outName || 'probabilities';
+  const hasCam = session.outputNames.includes(CAM);
+  outputNames = hasCam ? [outputName, CAM] : [outputName];
   const [height, width] = preprocess.size;
   resizer = new PillowResizer(preprocess.size, preprocess.resize);
   input = new Uint8Array(height * width * 3);
   tensor = new ort.Tensor('uint8', input, [1, height, width, 3]);
-  await session.run({ [inputName]: tensor }, [outputName]); // warm-up: first run allocates and plans
+  await session.run({ [inputName]: tensor }, outputNames); // warm-up: first run allocates and plans
   return {
+    hasCam,
     threads: ort.env.wasm.numThreads,
     crossOriginIsolated: self.crossOriginIsolated,
     downloadMs: fetched - started,
@@ -111,11 +116,17 @@ async function classify(image) {
   const tRead = performance.now();
   resizer.resize(rgba, width, height, input);
   const t1 = performance.now();
-  const outputs = await session.run({ [inputName]: tensor }, [outputName]);
+  const outputs = await session.run({ [inputName]: tensor }, outputNames);
   const probabilities = outputs[outputName].data;
   const t2 = performance.now();
-  return { probabilities: Array.from(probabilities), width, height, preprocessMs: t1 - t0, readMs: tRead - t0,
-    inferenceMs: t2 - t1 };
+  const result = { probabilities: Array.from(probabilities), width, height, preprocessMs: t1 - t0,
+    readMs: tRead - t0, inferenceMs: t2 - t1, cam: null };
+  const cam = outputs[CAM];
+  if (cam) { // [1, h, w]: its h*w floats in a buffer of their own, transferred (not copied) to the page
+    const [, h, w] = cam.dims;
+    result.cam = { data: new Float32Array(cam.data.subarray(0, h * w)), h, w };
+  }
+  return result;
 }
 
 self.onmessage = async ({ data }) => {
@@ -123,7 +134,8 @@ self.onmessage = async ({ data }) => {
     if (data.type === 'load') {
       self.postMessage({ type: 'loaded', id: data.id, ...(await load(data)) });
     } else if (data.type === 'classify') {
-      self.postMessage({ type: 'result', id: data.id, ...(await classify(data.image)) });
+      const result = await classify(data.image);
+      self.postMessage({ type: 'result', id: data.id, ...result }, result.cam ? [result.cam.data.buffer] : []);
     }
   } catch (error) {
     self.postMessage({ type: 'error', id: data.id, kind: error.kind || 'failure', message: String(error.message || error) });
