@@ -138,18 +138,15 @@ def cmd_predict(args) -> int:
                     sources.append(str(path))
                 except (ImageError, OSError) as error:
                     failures.append((str(path), str(error)))
-            if arrays and args.explain is not None:
-                from skinscan.explain import overlay_path, save_overlay  # loads matplotlib, only for --explain
+            if arrays:
+                batch = classifier.classify_arrays(np.stack(arrays), sources)
+                predictions += batch
+                if args.explain is not None:
+                    from skinscan.explain import overlay_path, save_overlay  # loads matplotlib, only for --explain
 
-                probabilities, cams = classifier.explain_arrays(np.stack(arrays))
-                for array, row, source, cam in zip(arrays, probabilities, sources, cams, strict=True):
-                    predictions.append(classifier.prediction(row, source, cam))
-                    save_overlay(array, predictions[-1], overlay_path(args.explain, source, taken))
-                    overlays += 1
-            elif arrays:
-                probabilities = classifier.predict_arrays(np.stack(arrays))
-                rows = zip(probabilities, sources, strict=True)
-                predictions += [classifier.prediction(row, source) for row, source in rows]
+                    for array, prediction in zip(arrays, batch, strict=True):
+                        save_overlay(array, prediction, overlay_path(args.explain, prediction.source, taken))
+                        overlays += 1
             bar.update(len(chunk))
 
     if args.json:

@@ -25,14 +25,12 @@ from skinscan.labels import DIAGNOSES, LABEL_CODES
 from skinscan.model import SkinLesionNet
 from skinscan.ort_mobile import convert_to_ort
 from skinscan.preprocess import PreprocessConfig
+from skinscan.runtime import CAM, CLASSIFICATION_OUTPUTS, INPUT_NAME
 
-INPUT_NAME = "image"
-OUTPUT_NAMES = ("probabilities", "logits")
-CAM_OUTPUT = "cam"
 OUTPUT_DESCRIPTIONS = {
     "probabilities": "softmax(logits), calibrated by temperature scaling on val",
     "logits": "network logits divided by the temperature",
-    CAM_OUTPUT: "Grad-CAM map of the predicted (argmax) class on the last feature map, float [N, h, w] "
+    CAM: "Grad-CAM map of the predicted (argmax) class on the last feature map, float [N, h, w] "
                 "(h, w = input size / 32, rounded up); ReLU, then scaled to [0, 1] per image (min-max, as "
                 "pytorch-grad-cam; an all-zero map stays zero). Upsample it to the input size to overlay it",
 }
@@ -156,7 +154,7 @@ def export_onnx(model: SkinLesionNet, preprocess: PreprocessConfig, path: str | 
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapped = PackagedModel(model.cpu().float(), temperature, cam=cam).eval()
     example = torch.zeros(1, *preprocess.size, 3, dtype=torch.uint8)
-    output_names = [*OUTPUT_NAMES, CAM_OUTPUT] if cam else list(OUTPUT_NAMES)
+    output_names = [*CLASSIFICATION_OUTPUTS, CAM] if cam else list(CLASSIFICATION_OUTPUTS)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(wrapped, (example,), str(path), dynamo=False, opset_version=OPSET,

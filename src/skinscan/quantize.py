@@ -49,11 +49,10 @@ from skinscan.manifest import verify_file, write_manifest
 from skinscan.metrics import classification_metrics
 from skinscan.ort_mobile import convert_to_ort
 from skinscan.preprocess import PreprocessConfig
+from skinscan.runtime import CAM, CLASSIFICATION_OUTPUTS, FP32_FILE, INT8_FILE
 
 PIXEL_ZERO_POINT = 128  # the stem reads pixels as (pixel - 128) * 1.0
-CLASSIFICATION_OUTPUTS, CAM_OUTPUT = ("probabilities", "logits"), "cam"
 _DELETED = "__deleted__"
-FP32_FILE, INT8_FILE = "skinscan.onnx", "skinscan-int8.onnx"
 
 
 class ImageCalibrationReader(CalibrationDataReader):
@@ -137,9 +136,9 @@ def explanation_only_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
                 pending += [producer[name] for name in nodes[i].input if name in producer]
         return found
 
-    if CAM_OUTPUT not in {output.name for output in model.graph.output}:
+    if CAM not in {output.name for output in model.graph.output}:
         return []
-    cam_only = ancestors([CAM_OUTPUT]) - ancestors(CLASSIFICATION_OUTPUTS)
+    cam_only = ancestors([CAM]) - ancestors(CLASSIFICATION_OUTPUTS)
     return [node for i, node in enumerate(nodes) if i in cam_only]
 
 

@@ -48,6 +48,7 @@ PRECISIONS = ("auto", "int8", "fp32")
 PRECISION_FILES = {"int8": INT8_FILE, "fp32": FP32_FILE}
 INPUT_NAME = "image"
 PROBABILITIES = "probabilities"
+CLASSIFICATION_OUTPUTS = (PROBABILITIES, "logits")  # every package's outputs, in this order
 CAM = "cam"  # optional output: Grad-CAM of the predicted class, float [N, h, w] in [0, 1]
 REQUIRED_METADATA = ("skinscan.labels", "skinscan.label_names", "skinscan.malignant", "skinscan.preprocess",
                      "skinscan.thresholds")
@@ -311,6 +312,13 @@ class Classifier:
             cam=cam,
         )
 
+    def classify_arrays(self, images: np.ndarray, sources: Sequence[str | None]) -> list[Prediction]:
+        """Already-resized uint8 [N, H, W, 3] -> one Prediction per image, with its map when the package has `cam`."""
+        probabilities, cams = self.explain_arrays(images)
+        cams = [None] * len(probabilities) if cams is None else cams
+        rows = zip(probabilities, sources, cams, strict=True)
+        return [self.prediction(row, source, cam) for row, source, cam in rows]
+
     def classify(self, image: ImageSource, source: str | None = None) -> Prediction:
         """A path, bytes, PIL image or numpy array -> Prediction. `source` defaults to the path, if any."""
         if source is None and isinstance(image, (str, Path)):
@@ -331,10 +339,8 @@ class Classifier:
         predictions = []
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
-            probabilities, cams = self.explain_arrays(np.stack([self.preprocess(image) for image in chunk]))
-            cams = [None] * len(chunk) if cams is None else list(cams)
-            rows = zip(probabilities, sources[start:start + batch_size], cams, strict=True)
-            predictions += [self.prediction(row, source, cam) for row, source, cam in rows]
+            arrays = np.stack([self.preprocess(image) for image in chunk])
+            predictions += self.classify_arrays(arrays, sources[start:start + batch_size])
         return predictions
 
 
