@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 PACKAGE="${1:-runs/mobilenet_v3_small/package}"
 rm -rf src/skinscan/models && mkdir -p src/skinscan/models
 for f in skinscan.onnx skinscan-int8.onnx skinscan-int8.ort skinscan-int8.required_operators.config \
-         quantization.json MODEL_CARD.md; do
+         quantization.json gate.json MODEL_CARD.md; do
     cp "$PACKAGE/$f" src/skinscan/models/
 done
 .venv/bin/python -c "from skinscan.manifest import write_manifest; print(write_manifest('src/skinscan/models'))"

@@ -18,6 +18,7 @@ skinscan train --data "$DATA" --split runs/split.csv --out "$RUN" --pretrained "
 skinscan qat --checkpoint "$RUN/best.pt" --data "$DATA" --split runs/split.csv --out "$RUN/qat" --epochs 2
 skinscan export --checkpoint "$RUN/qat/best.pt" --data "$DATA" --split runs/split.csv --out "$RUN/package"
 skinscan quantize --model "$RUN/package" --data "$DATA" --split runs/split.csv --part test
+skinscan gate --model "$RUN/package" --data "$DATA" --split runs/split.csv --part test
 skinscan evaluate --checkpoint "$RUN/qat/best.pt" --data "$DATA" --split runs/split.csv --part test \
     --out "$RUN/evaluation"
 skinscan card --model "$RUN/package" --evaluation "$RUN/evaluation" --command "bash scripts/reproduce.sh"

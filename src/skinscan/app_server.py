@@ -140,6 +140,7 @@ def model_metadata(package_dir: str | Path | None = None) -> dict:
         "malignant": list(classifier.malignant_codes),
         "preprocess": {"size": [height, width], "resize": classifier.config.resize},
         "thresholds": classifier.thresholds,
+        "assess": classifier.metadata.get("skinscan.assess"),  # the "cannot assess" rule (skinscan/assess.py)
         "version": classifier.version,
         "temperature": classifier.metadata.get("skinscan.temperature"),
         "input": "image",

@@ -131,15 +131,18 @@ def cmd_predict(args) -> int:
     predictions, overlays, taken = [], 0, set()
     with tqdm(total=len(images), unit="image", desc="classifying", file=sys.stderr, disable=len(images) < 2) as bar:
         for start in range(0, len(images), args.batch_size):
-            chunk, arrays, sources = images[start:start + args.batch_size], [], []
+            chunk, arrays, sources, sizes = images[start:start + args.batch_size], [], [], []
             for path in chunk:
                 try:
-                    arrays.append(classifier.preprocess(path))
-                    sources.append(str(path))
+                    array, size = classifier.decode(path)
                 except (ImageError, OSError) as error:
                     failures.append((str(path), str(error)))
+                    continue
+                arrays.append(array)
+                sources.append(str(path))
+                sizes.append(size)
             if arrays:
-                batch = classifier.classify_arrays(np.stack(arrays), sources)
+                batch = classifier.classify_arrays(np.stack(arrays), sources, sizes)
                 predictions += batch
                 if args.explain is not None:
                     from skinscan.explain import overlay_path, save_overlay  # loads matplotlib, only for --explain
@@ -183,11 +186,12 @@ def _print_predictions_csv(classifier, predictions) -> None:
     import csv
 
     writer = csv.writer(sys.stdout, lineterminator="\n")
-    writer.writerow(["file", "label", "name", "probability", *classifier.labels, "malignant_probability", "malignant"])
+    writer.writerow(["file", "label", "name", "probability", *classifier.labels, "malignant_probability", "malignant",
+                     "cannot_assess"])
     for p in predictions:
         writer.writerow([p.source, p.label, p.name, f"{p.probability:.6f}",
                          *(f"{p.probabilities[code]:.6f}" for code in classifier.labels),
-                         f"{p.malignant_probability:.6f}", "true" if p.malignant else "false"])
+                         f"{p.malignant_probability:.6f}", "true" if p.malignant else "false", p.cannot_assess or ""])
 
 
 def _print_predictions_table(classifier, predictions) -> None:
@@ -197,18 +201,24 @@ def _print_predictions_table(classifier, predictions) -> None:
     rows = [("FILE", "DIAGNOSIS", "2ND", "3RD", "P(MALIGNANT)", "MALIGNANCY")]
     for p in predictions:
         (code, name, probability), *others = p.top
+        if not p.assessable:  # the network's guess is not a result: say why and what to do instead
+            rows.append((p.source or "-", f"CANNOT ASSESS ({p.cannot_assess.replace('_', ' ')})", "-", "-", "-",
+                         p.cannot_assess_message or ""))
+            continue
         rows.append((p.source or "-", f"{name} ({code}) {probability:.1%}",
                      *(f"{c} {q:.1%}" for c, _, q in others), f"{p.malignant_probability:.1%}",
                      "SUSPICIOUS: see a dermatologist" if p.malignant else "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)) + "  " + row[-1])
-    shown = {c for p in predictions for c, _, _ in p.top[1:]}
-    print("codes: " + "; ".join(f"{c} = {classifier.label_names[c]}" for c in classifier.labels if c in shown))
-    flagged = sum(p.malignant for p in predictions)
+    shown = {c for p in predictions if p.assessable for c, _, _ in p.top[1:]}
+    if shown:
+        print("codes: " + "; ".join(f"{c} = {classifier.label_names[c]}" for c in classifier.labels if c in shown))
+    flagged = sum(p.malignant for p in predictions if p.assessable)
+    unassessable = sum(not p.assessable for p in predictions)
     malignant = "+".join(f"P({code})" for code in classifier.malignant_codes)
     print(f"\n{len(predictions)} image(s) classified with {classifier.path} ({classifier.precision}); {flagged} "
-          f"flagged SUSPICIOUS ({malignant} >= {classifier.threshold:.2f})")
+          f"flagged SUSPICIOUS ({malignant} >= {classifier.threshold:.2f}); {unassessable} could not be assessed")
 
 
 # ------------------------------------------------------------------------------------------- benchmark
@@ -227,7 +237,7 @@ def cmd_quantize(args) -> int:
 
     report = quantize_package(args.model, args.data, args.split, part=args.part,
                               calibration_count=args.calibration_images, calibrate_method=args.method,
-                              graph_edits=not args.no_graph_edits, seed=args.seed)
+                              graph_edits=not args.no_graph_edits, seed=args.seed, float_blocks=args.float_blocks)
     latency = report["latency"]
     print(f"{args.part}: balanced accuracy FP32 {report['fp32']['balanced_accuracy']:.3f} -> INT8 "
           f"{report['int8']['balanced_accuracy']:.3f} ({report['balanced_accuracy_drop_points']:+.1f} points lost); "
@@ -236,6 +246,21 @@ def cmd_quantize(args) -> int:
           f"{latency['int8']['median_ms']:.2f} ms -> {latency['int8_vs_fp32']:.2f}x; size "
           f"{report['fp32']['megabytes']:.1f} MB -> {report['int8']['megabytes']:.1f} MB")
     print(f"INT8 model: {Path(args.model) / 'skinscan-int8.onnx'}; report: {Path(args.model) / 'quantization.json'}")
+    return 0
+
+
+def cmd_gate(args) -> int:
+    from skinscan.gate_report import format_gate_report, gate_report
+    from skinscan.runtime import ModelPackageError
+
+    try:
+        report = gate_report(args.model, args.data, args.split, part=args.part, max_images=args.max_images)
+    except ModelPackageError as error:
+        raise UsageError(str(error)) from None
+    except ValueError as error:  # a package without the gate
+        raise UsageError(str(error)) from None
+    print(format_gate_report(report))
+    print(f"report: {Path(args.model) / 'gate.json'}")
     return 0
 
 
@@ -368,8 +393,18 @@ def build_parser() -> argparse.ArgumentParser:
     qu.add_argument("--method", default="MinMax", choices=["MinMax", "Percentile", "Entropy"],
                     help="activation calibration (MinMax measured most accurate on our model)")
     qu.add_argument("--no-graph-edits", action="store_true", help="plain quantize_static output (slower)")
+    qu.add_argument("--float-blocks", type=int, default=None, metavar="N",
+                    help="keep the stem and the first N-1 blocks in float (default: 6, see skinscan/quantize.py)")
     qu.add_argument("--seed", type=int, default=0)
     qu.set_defaults(func=cmd_quantize)
+
+    ga = verbs.add_parser("gate", help="measure the 'cannot assess' gate: lesions, non-lesion images, degradations")
+    ga.add_argument("--model", type=Path, default=Path("runs/package"), help="model package folder")
+    ga.add_argument("--data", type=Path, default=default_data_dir())
+    ga.add_argument("--split", type=Path, default=Path("runs/split.csv"))
+    ga.add_argument("--part", default="test", choices=["val", "test"])
+    ga.add_argument("--max-images", type=int, default=0, help="only the first N lesions of the part (tests)")
+    ga.set_defaults(func=cmd_gate)
 
     ca = verbs.add_parser("card", help="write MODEL_CARD.md into a package from the measured numbers")
     ca.add_argument("--model", type=Path, default=Path("runs/package"))

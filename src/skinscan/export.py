@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from skinscan import __version__
+from skinscan.assess import ASSESS
+from skinscan.gate import SCORES, LesionDistance, feature_statistics, gate_dims, gate_statistics, image_quality
 from skinscan.labels import DIAGNOSES, LABEL_CODES
 from skinscan.model import SkinLesionNet
 from skinscan.ort_mobile import convert_to_ort
@@ -33,6 +35,8 @@ OUTPUT_DESCRIPTIONS = {
     CAM: "Grad-CAM map of the predicted (argmax) class on the last feature map, float [N, h, w] "
                 "(h, w = input size / 32, rounded up); ReLU, then scaled to [0, 1] per image (min-max, as "
                 "pytorch-grad-cam; an all-zero map stays zero). Upsample it to the input size to overlay it",
+    ASSESS: f"float [N, {len(SCORES)}]: the scores {', '.join(SCORES)} that skinscan.assess judges "
+            "('cannot assess'; see skinscan/gate.py)",
 }
 OPSET = 17
 TRAINING_DATA = ("HAM10000 (Tschandl et al. 2018, doi:10.1038/sdata.2018.161), the developers' 8,512-image part, "
@@ -55,22 +59,35 @@ class PackagedModel(nn.Module):
     which is Grad-CAM's channel weight (its spatial mean of the gradient). The map is relu(sum_k alpha_k A_k),
     scaled to [0, 1] per image. Positive constant factors (1 / (h w), the temperature) vanish in that
     scaling, so the graph skips them. `head_backward` walks any head of Linear / Hardswish / Dropout layers.
+
+    With a fitted `gate` (skinscan.gate.LesionDistance) it also outputs `assess`, the scores behind "cannot
+    assess": the lesion distance of early feature statistics and the image-quality measures.
     """
 
-    def __init__(self, model: SkinLesionNet, temperature: float = 1.0, cam: bool = False):
+    def __init__(self, model: SkinLesionNet, temperature: float = 1.0, cam: bool = False,
+                 gate: LesionDistance | None = None):
         super().__init__()
         self.model = model.eval()
         self.cam = cam
+        self.gate = gate
         self.register_buffer("inverse_temperature", torch.tensor(1.0 / temperature))
+
+    @property
+    def output_names(self) -> list[str]:
+        return [*CLASSIFICATION_OUTPUTS, *([CAM] if self.cam else []), *([ASSESS] if self.gate is not None else [])]
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         pixels = image.permute(0, 3, 1, 2).float()
-        if not self.cam:
+        if not self.cam and self.gate is None:
             logits = self.model(pixels) * self.inverse_temperature
             return torch.softmax(logits, dim=1), logits
         # SkinLesionNet.forward and torchvision's MobileNet forward, spelled out to keep the intermediates.
         net = self.model.net
-        features = net.features((pixels - self.model.mean) / self.model.std)
+        normalised = (pixels - self.model.mean) / self.model.std
+        if self.gate is None:
+            features, statistics = net.features(normalised), {}
+        else:
+            features, statistics = gate_statistics(net, normalised)
         hidden = torch.flatten(nn.functional.adaptive_avg_pool2d(features, 1), 1)
         head_inputs = []
         for layer in net.classifier:
@@ -78,6 +95,16 @@ class PackagedModel(nn.Module):
             # torchvision's activations work in place: keep the input that the derivative needs intact.
             hidden = layer(hidden.clone() if getattr(layer, "inplace", False) else hidden)
         logits = hidden * self.inverse_temperature
+        outputs = [torch.softmax(logits, dim=1), logits]
+        if self.cam:
+            outputs.append(self._cam(net, head_inputs, features, logits))
+        if self.gate is not None:
+            outputs.append(torch.cat([self.gate(statistics)[:, None], image_quality(pixels)], dim=1))
+        return tuple(outputs)
+
+    @staticmethod
+    def _cam(net, head_inputs, features, logits) -> torch.Tensor:
+        """Grad-CAM of the argmax class (see the class docstring): [N, h, w] in [0, 1]."""
         alpha = head_backward(net.classifier, head_inputs, logits.argmax(dim=1))
         # sum_k alpha_k A_k as one [1, C] x [C, h*w] product per image: in ONNX Runtime a MatMul is much cheaper
         # than Mul + ReduceSum over channels or an Einsum. (C, h, w are fixed by the input size: constants.)
@@ -85,8 +112,7 @@ class PackagedModel(nn.Module):
         flat = features.reshape(-1, channels, height * width)
         cam = torch.relu((alpha[:, None, :] @ flat).reshape(-1, height, width))
         cam = cam - cam.amin(dim=(1, 2), keepdim=True)
-        cam = cam / cam.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)  # an all-zero map stays zero
-        return torch.softmax(logits, dim=1), logits, cam
+        return cam / cam.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)  # an all-zero map stays zero
 
 
 def head_backward(head: nn.Sequential, inputs: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
@@ -144,17 +170,18 @@ def read_metadata(model: onnx.ModelProto) -> dict:
 
 
 def export_onnx(model: SkinLesionNet, preprocess: PreprocessConfig, path: str | Path, temperature: float = 1.0,
-                metadata: dict[str, str] | None = None, cam: bool = False) -> Path:
+                metadata: dict[str, str] | None = None, cam: bool = False, gate: LesionDistance | None = None) -> Path:
     """Write the fp32 ONNX graph (dynamic batch), check it, and attach the metadata.
 
-    cam: add the `cam` output (Grad-CAM of the predicted class). `skinscan export` turns it on; off, the
-    graph is the bare classifier, which the quantization experiments and tests measure.
+    cam: add the `cam` output (Grad-CAM of the predicted class); gate: add the `assess` output (a fitted
+    LesionDistance, see `fit_gate`). `skinscan export` turns both on; without them the graph is the bare
+    classifier, which the quantization experiments and tests measure.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    wrapped = PackagedModel(model.cpu().float(), temperature, cam=cam).eval()
+    wrapped = PackagedModel(model.cpu().float(), temperature, cam=cam, gate=gate).eval()
     example = torch.zeros(1, *preprocess.size, 3, dtype=torch.uint8)
-    output_names = [*CLASSIFICATION_OUTPUTS, CAM] if cam else list(CLASSIFICATION_OUTPUTS)
+    output_names = wrapped.output_names
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(wrapped, (example,), str(path), dynamo=False, opset_version=OPSET,
@@ -200,30 +227,66 @@ def malignant_threshold(probabilities: np.ndarray, labels: np.ndarray, min_sensi
     }
 
 
+def fit_gate(model: SkinLesionNet, images: torch.Tensor, batch_size: int = 128) -> LesionDistance:
+    """Fit the `lesion_distance` Gaussians on uint8 [N, H, W, 3] images (the train split)."""
+    net = model.net.eval()
+    gate = LesionDistance(gate_dims(net))
+    collected: dict[int, list[np.ndarray]] = {layer: [] for layer in gate.layers}
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            pixels = images[start:start + batch_size].permute(0, 3, 1, 2).float()
+            x = (pixels - model.mean) / model.std
+            for index, block in enumerate(net.features[:max(gate.layers) + 1]):
+                x = block(x)
+                if index in gate.layers:
+                    collected[index].append(feature_statistics(x).numpy())
+    gate.fit({layer: np.concatenate(parts) for layer, parts in collected.items()})
+    return gate
+
+
+def packaged_outputs(wrapped: PackagedModel, images: torch.Tensor, batch_size: int = 128) -> dict[str, np.ndarray]:
+    """Run the packaged model in PyTorch on uint8 [N, H, W, 3] images: output name -> array."""
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in wrapped.output_names}
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            for name, value in zip(wrapped.output_names, wrapped(images[start:start + batch_size]), strict=True):
+                parts[name].append(value.numpy())
+    return {name: np.concatenate(values) for name, values in parts.items()}
+
+
 def build_package(checkpoint_path: str | Path, data_dir: str | Path, split_csv: str | Path, out_dir: str | Path,
                   threads: int = 0) -> dict:
     """checkpoint -> a model package folder: calibrated `skinscan.onnx`, its `.ort` form, `manifest.json`.
 
-    The temperature and the malignancy threshold are fitted on the val split (never on test).
+    Fitted on the train split: the gate's feature Gaussians. Chosen on the val split (never on test): the
+    temperature, the malignancy threshold and the "cannot assess" thresholds.
     Returns the metadata written into the graph.
     """
+    from skinscan.assess import choose_thresholds
     from skinscan.calibration import fit_temperature
-    from skinscan.evaluate import checkpoint_logits
     from skinscan.manifest import write_manifest
     from skinscan.model import model_from_checkpoint
-    from skinscan.train import load_checkpoint, softmax
+    from skinscan.train import TrainConfig, load_checkpoint, load_split_data, predict_logits, softmax
 
     out_dir = Path(out_dir)
     checkpoint = load_checkpoint(checkpoint_path)
-    model = model_from_checkpoint(checkpoint)
+    model = model_from_checkpoint(checkpoint).cpu().float().eval()
     preprocess = PreprocessConfig.from_json(checkpoint["preprocess"])
-    val = checkpoint_logits(checkpoint_path, data_dir, split_csv, parts=("val",), threads=threads)["val"]
-    temperature = fit_temperature(val["logits"], val["labels"])
-    thresholds = malignant_threshold(softmax(val["logits"] / temperature), val["labels"])
+    if threads:
+        torch.set_num_threads(threads)
+    config = TrainConfig(data_dir=str(data_dir), split_csv=str(split_csv), out_dir="", threads=threads,
+                         input_size=preprocess.size, resize=preprocess.resize)
+    data = load_split_data(config, parts=("train", "val"))
+    val_logits, val_labels = predict_logits(model, data["val"].images), data["val"].labels.numpy()
+    temperature = fit_temperature(val_logits, val_labels)
+    thresholds = malignant_threshold(softmax(val_logits / temperature), val_labels)
+    gate = fit_gate(model, data["train"].images)
+    wrapped = PackagedModel(model, temperature, cam=False, gate=gate).eval()
+    assess_spec = choose_thresholds(packaged_outputs(wrapped, data["val"].images)[ASSESS])
     model_info = {**checkpoint["model_config"], "epoch": checkpoint["epoch_metrics"]["epoch"],
                   "val_balanced_accuracy": checkpoint["epoch_metrics"]["val_balanced_accuracy"]}
-    metadata = package_metadata(preprocess, model_info, temperature, thresholds)
-    onnx_path = export_onnx(model, preprocess, out_dir / "skinscan.onnx", temperature, metadata, cam=True)
+    metadata = package_metadata(preprocess, model_info, temperature, thresholds, {"skinscan.assess": assess_spec})
+    onnx_path = export_onnx(model, preprocess, out_dir / "skinscan.onnx", temperature, metadata, cam=True, gate=gate)
     convert_to_ort(onnx_path)
     write_manifest(out_dir)
     return {key: json.loads(value) for key, value in metadata.items()}

@@ -1,7 +1,8 @@
 """The model card (Mitchell et al. 2019) of a model package, written from the numbers the pipeline measured.
 
 Nothing here is typed in by hand: every figure comes from the package metadata, the evaluation's
-`metrics.json` and the package's `quantization.json`, so the card cannot drift from the files it describes.
+`metrics.json` and the package's `quantization.json` and `gate.json`, so the card cannot drift from the files it
+describes.
 """
 
 from __future__ import annotations
@@ -52,11 +53,107 @@ def _quantization_section(report: dict | None) -> str:
     )
 
 
+def _gate_section(gate: dict | None) -> str:
+    """The "cannot assess" figures of `skinscan gate` (gate.json), per precision."""
+    if not gate:
+        return ("This package has no \"cannot assess\" gate: it answers every image with a diagnosis, including "
+                "images that are not lesions. Re-export it with `skinscan export`.")
+    first = next(iter(gate.values()))
+    groups = list(first["non_lesions"]["groups"])
+    header = "| | " + " | ".join(precision.upper() for precision in gate) + " |"
+    rows = [header, "|---" * (len(gate) + 1) + "|"]
+
+    def row(label, cell):
+        rows.append(f"| {label} | " + " | ".join(cell(r) for r in gate.values()) + " |")
+
+    def share(summary):
+        return f"{summary['rejected']}/{summary['images']} ({summary['rejected_share']:.1%})"
+
+    row(f"{first['part']} lesions turned away (goal <= 2%)", lambda r: share(r["lesions"]))
+    row("non-lesion images turned away (goal >= 95%)", lambda r: share(r["non_lesions"]))
+    for group in groups:
+        row(f"&nbsp;&nbsp;{group}", lambda r, g=group: share(r["non_lesions"]["groups"][g]))
+    for name in first["degradations"]:
+        row(f"lesions, {name}", lambda r, n=name: share(r["degradations"][n]))
+    accepted = sorted({name for r in gate.values() for name in r["non_lesions"]["accepted"]})
+    return (
+        "A screening tool must not answer every photo. Before it is shown, each result passes a gate computed in "
+        "the graph (the `assess` output, `skinscan/gate.py`): the distance of early feature statistics from the "
+        "training lesions' (Mahalanobis, blocks 4-5), sharpness (variance of the Laplacian), brightness and "
+        "colourfulness, plus a minimum image size. Failing any check gives \"cannot assess\" with the reason "
+        "(`not_a_lesion`, `too_blurry`, `too_dark`, `too_bright`, `too_small`) instead of a diagnosis, in the "
+        "CLI, the Python API and the app. Thresholds were chosen on the validation split (each quality check "
+        "turns away 0.25% of val lesions; the distance takes the rest of a "
+        f"{first['thresholds'].get('budget', 0.015):.1%} budget, below the 2% goal to leave room for sampling "
+        "noise); `skinscan quantize` re-fits the distance "
+        "threshold on the INT8 model's own val scores.\n\n" + "\n".join(rows) + "\n\n"
+        "Non-lesion images: the sample images shipped with scikit-image, scikit-learn and matplotlib (people, "
+        "animals, objects, microscopy, a retina photo, astronomy, text), their quadrant crops, and skin "
+        "close-ups cropped from the two portraits among them (`skinscan/nonlesion.py`); degradations: the same "
+        "test lesions blurred, darkened, overexposed or shrunk. Caveat: this corpus was also used to choose "
+        "the design (which blocks; adding colourfulness after grey images passed), so its rate is optimistic "
+        "for images unlike it; the lesion rate is an honest held-out figure."
+        + (f" Accepted non-lesion images: {', '.join(accepted)}." if accepted else "")
+    )
+
+
+def _subgroup_table(metrics: dict) -> str:
+    subgroups = metrics.get("subgroups") or {}
+    rows = ["| factor | group | images | balanced accuracy | macro AUC | melanoma sensitivity |",
+            "|---|---|---|---|---|---|"]
+    for factor, groups in subgroups.items():
+        for group, m in groups.items():
+            if m.get("balanced_accuracy") is None:
+                continue
+            rows.append(f"| {factor.replace('_', ' ')} | {group} | {m['n']} | {_fmt(m['balanced_accuracy'])} | "
+                        f"{_fmt(m['macro_auc'])} | {_fmt(m['melanoma_sensitivity'])} |")
+    return "\n".join(rows) if len(rows) > 2 else "No subgroup results in the evaluation report."
+
+
+def _safety_section(gate: dict | None, metrics: dict) -> str:
+    import tempfile
+
+    from skinscan.hostile import build_corpus  # the corpus tests/test_hostile.py sends through every path
+
+    with tempfile.TemporaryDirectory() as folder:
+        hostile = [entry for _, entry in build_corpus(folder)]
+    refused = [entry.why for entry in hostile if entry.expect == "refuse"]
+    classified = [entry.why for entry in hostile if entry.expect == "classify"]
+    calibration = metrics.get("calibration", {})
+    after = calibration.get("ece_after")
+    return (
+        "## Limitations and safety\n\n"
+        "### \"Cannot assess\"\n\n" + _gate_section(gate) + "\n\n"
+        "### Calibration\n\n"
+        f"Temperature scaling fitted on validation: expected calibration error on the test split "
+        f"{_fmt(calibration.get('ece_before'))} before, {_fmt(after)} after (goal <= 0.05: "
+        f"{'met' if after is not None and after <= 0.05 else 'not met'}); reliability diagram in the evaluation "
+        "report. Probabilities are estimates from a 1,277-image test split, not guarantees.\n\n"
+        "### Hostile inputs\n\n"
+        f"{len(hostile)} hostile or unusual files (`skinscan/hostile.py`) go through `Classifier.classify`, "
+        "`skinscan predict` and the app's photo upload in CI (tests/test_hostile.py); none crashes or hangs, and "
+        f"`predict` over all of them stays under 1.5 GB. Refused with a message naming the problem ({len(refused)}): "
+        + "; ".join(refused) + f". Classified like any photo ({len(classified)}): " + "; ".join(classified) + ".\n\n"
+        "### Results by subgroup (test split; groups under "
+        f"{metrics.get('subgroup_min_count', 20)} images omitted)\n\n" + _subgroup_table(metrics) + "\n\n"
+        "### Known failure modes\n\n"
+        "- **Skin types**: HAM10000 is mostly fair skin from Austria and Australia; Fitzpatrick V-VI are "
+        "essentially absent. Accuracy and the gate on dark skin are unknown.\n"
+        "- **Surgical ink markings, rulers, hair, bubbles**: dermoscopy classifiers learn them as shortcuts "
+        "(ink markings raise melanoma scores); the gate does not look for them.\n"
+        "- **Non-dermoscopic phone photos**: the model was trained on dermoscopy only. The gate turns many such "
+        "photos away, but a close, sharp, well-lit phone photo of a mole can pass it and get an unreliable answer.\n"
+        "- **Rare classes**: df and vasc have 14 and 18 test images; their figures are uncertain."
+    )
+
+
 def render_model_card(package_dir: str | Path, metrics: dict, command: str, notes: str = "") -> str:
     package_dir = Path(package_dir)
     meta = {p.key: json.loads(p.value) for p in onnx.load(str(package_dir / "skinscan.onnx")).metadata_props}
     quantization_path = package_dir / "quantization.json"
     quantization = json.loads(quantization_path.read_text()) if quantization_path.is_file() else None
+    gate_path = package_dir / "gate.json"
+    gate = json.loads(gate_path.read_text()) if gate_path.is_file() else None
     preprocess, model = meta["skinscan.preprocess"], meta["skinscan.model"]
     thresholds = meta.get("skinscan.thresholds", {})
     calibration = metrics.get("calibration", {})
@@ -77,7 +174,8 @@ def render_model_card(package_dir: str | Path, metrics: dict, command: str, note
         f"split for >= 90% sensitivity (val sensitivity {_fmt(thresholds.get('malignant_val_sensitivity'))}, "
         f"specificity {_fmt(thresholds.get('malignant_val_specificity'))}).\n"
         "- Files: `skinscan.onnx` (FP32), `skinscan-int8.onnx` (static INT8), `manifest.json` (sha256 of each file, "
-        "verified at load), `quantization.json`, this card. Licence of the weights: CC BY-NC-SA 4.0, inherited from "
+        "verified at load), `quantization.json`, `gate.json` (the \"cannot assess\" measurements), this card. "
+        "Licence of the weights: CC BY-NC-SA 4.0, inherited from "
         "the training data (non-commercial use only); the code is Apache-2.0.",
         "## Intended use\n\n"
         "- A **screening aid** for dermoscopic images of single pigmented skin lesions: it suggests which of 7 "
@@ -116,15 +214,14 @@ def render_model_card(package_dir: str | Path, metrics: dict, command: str, note
         f"| ECE before / after temperature scaling | {_fmt(calibration.get('ece_before'))} / "
         f"{_fmt(calibration.get('ece_after'))} |\n\n"
         + _quantization_section(quantization),
+        _safety_section(gate, metrics),
         "## Ethical considerations\n\n"
         "A false reassurance (a melanoma called benign) can delay treatment: the malignancy flag is tuned for "
         "sensitivity, and the app and CLI always show the disclaimer. The model has not been validated "
         "prospectively or on dark skin and must not be marketed as a medical device. Images never leave the "
         "device: inference runs locally (ONNX Runtime, onnxruntime-web) with no network access.",
         "## Caveats and recommendations\n\n"
-        "- Known failure modes of dermoscopy classifiers: surgical ink markings and rulers raise malignancy "
-        "scores; non-dermoscopic phone photos, tattoos and non-lesion images are outside the training "
-        "distribution and get confident but meaningless answers unless a gate rejects them.\n"
+        "- Known failure modes: see \"Limitations and safety\" above.\n"
         "- HAM10000 has only ~120 vasc and ~92 df images: rare-class results are uncertain.\n"
         "- Re-evaluate on your own population before any use. INT8 is a quarter of FP32's size; whether it is also "
         "faster depends on the CPU (the table above is one machine): measure with `skinscan benchmark` on yours.",

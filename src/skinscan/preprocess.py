@@ -6,6 +6,7 @@ Imports nothing of ours: a model package's metadata says which rule and size to 
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -56,7 +57,9 @@ def _open(source: str | Path | bytes) -> Image.Image:
         raise ImageError(f"cannot read an image from a {type(source).__name__}; pass a path, bytes, a PIL image "
                          "or an HxWx3 uint8 array")
     try:
-        return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        with warnings.catch_warnings():  # Pillow warns above 89 MP; `load_image` applies our own limit right after
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
     except FileNotFoundError:
         raise ImageError(f"cannot open {name}: it does not exist") from None
     except IsADirectoryError:

@@ -43,6 +43,7 @@ from onnx import helper, numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from skinscan.assess import ASSESS
 from skinscan.data import load_split_images
 from skinscan.labels import LABEL_CODES
 from skinscan.manifest import verify_file, write_manifest
@@ -51,6 +52,12 @@ from skinscan.ort_mobile import convert_to_ort
 from skinscan.preprocess import PreprocessConfig
 from skinscan.runtime import CAM, CLASSIFICATION_OUTPUTS, FP32_FILE, INT8_FILE
 
+# Mixed precision: `skinscan quantize` keeps the stem and blocks 1-5 (stride 2-16, 16-40 channels) in float.
+# Measured (docs/RESULTS.md): there INT8 kernels are slower than FP32 on x86 (the 3-channel stem 2.5x, the
+# depthwise convolutions 1.35x), so float costs no time and saves their quantization error (test balanced
+# accuracy 0.697 vs 0.685 all-INT8), and the "cannot assess" gate reads blocks 4-5: float keeps its scores
+# identical to FP32's instead of inflated by quantization noise (which cost 13 points of non-lesion rejection).
+FLOAT_BLOCKS = 6
 PIXEL_ZERO_POINT = 128  # the stem reads pixels as (pixel - 128) * 1.0
 _DELETED = "__deleted__"
 
@@ -124,6 +131,20 @@ def explanation_only_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
 
     Found structurally, so it holds before and after quantization; empty for a graph without `cam`.
     """
+    return side_output_nodes(model, CAM)
+
+
+def gate_only_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The nodes that only the `assess` output ("cannot assess" scores) needs; empty for a graph without it.
+
+    They stay float: the image-quality scores read the raw pixels, and the Mahalanobis distance squares
+    differences of feature statistics, which uint8 steps would swamp. They cost ~1% of the run time.
+    """
+    return side_output_nodes(model, ASSESS)
+
+
+def side_output_nodes(model: onnx.ModelProto, output: str) -> list[onnx.NodeProto]:
+    """The ancestors of `output` that no classification output depends on (empty if the graph lacks it)."""
     nodes = model.graph.node
     producer = {name: i for i, node in enumerate(nodes) for name in node.output}
 
@@ -136,10 +157,10 @@ def explanation_only_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
                 pending += [producer[name] for name in nodes[i].input if name in producer]
         return found
 
-    if CAM not in {output.name for output in model.graph.output}:
+    if output not in {o.name for o in model.graph.output}:
         return []
-    cam_only = ancestors([CAM]) - ancestors(CLASSIFICATION_OUTPUTS)
-    return [node for i, node in enumerate(nodes) if i in cam_only]
+    only = ancestors([output]) - ancestors(CLASSIFICATION_OUTPUTS)
+    return [node for i, node in enumerate(nodes) if i in only]
 
 
 # ------------------------------------------------------------------------------ FP32 edits (before PTQ)
@@ -151,11 +172,7 @@ def fold_normalization_into_stem(model: onnx.ModelProto) -> onnx.ModelProto:
     weights), a 0.4% change of the normalised value on the one-pixel border.
     """
     index = GraphIndex(model)
-    sub = next(n for n in model.graph.node if n.op_type == "Sub")
-    (div,) = index.consumers[sub.output[0]]
-    (conv,) = index.consumers[div.output[0]]
-    if div.op_type != "Div" or conv.op_type != "Conv":
-        raise ValueError("unexpected graph: the input normalisation is not Sub -> Div -> Conv")
+    sub, div, conv = _normalisation_chain(index)
     mean = index.value(sub.input[1]).reshape(-1)
     std = index.value(div.input[1]).reshape(-1)
     weight = index.value(conv.input[1])
@@ -174,6 +191,19 @@ def fold_normalization_into_stem(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def _normalisation_chain(index: GraphIndex) -> tuple[onnx.NodeProto, onnx.NodeProto, onnx.NodeProto]:
+    """The input normalisation Sub(mean) -> Div(std) -> first Conv. Found by shape, not by position: the
+    pixels also feed the "cannot assess" quality scores, whose nodes may come first."""
+    for sub in (n for n in index.graph.node if n.op_type == "Sub"):
+        consumers = index.consumers.get(sub.output[0], [])
+        if len(consumers) == 1 and consumers[0].op_type == "Div":
+            div = consumers[0]
+            following = index.consumers.get(div.output[0], [])
+            if len(following) == 1 and following[0].op_type == "Conv":
+                return sub, div, following[0]
+    raise ValueError("unexpected graph: the input normalisation is not Sub -> Div -> Conv")
+
+
 # ----------------------------------------------------------------------------- INT8 edits (after PTQ)
 def feed_pixels_to_stem(model: onnx.ModelProto) -> onnx.ModelProto:
     """Cast -> Sub(128) -> QuantizeLinear -> QLinearConv  becomes  uint8 pixels -> QLinearConv.
@@ -183,11 +213,16 @@ def feed_pixels_to_stem(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     index = GraphIndex(model)
     cast = next(n for n in model.graph.node if n.op_type == "Cast")
-    (sub,) = index.consumers[cast.output[0]]
-    (quantize,) = index.consumers[sub.output[0]]
-    (conv,) = index.consumers[quantize.output[0]]
-    if (sub.op_type, quantize.op_type, conv.op_type) != ("Sub", "QuantizeLinear", "QLinearConv"):
+    chain = None
+    for sub in (n for n in index.consumers[cast.output[0]] if n.op_type == "Sub"):
+        quantizes = index.consumers.get(sub.output[0], [])
+        if len(quantizes) == 1 and quantizes[0].op_type == "QuantizeLinear":
+            convs = index.consumers.get(quantizes[0].output[0], [])
+            if len(convs) == 1 and convs[0].op_type == "QLinearConv":
+                chain = (sub, quantizes[0], convs[0])
+    if chain is None:
         raise ValueError("unexpected graph: expected Cast -> Sub -> QuantizeLinear -> QLinearConv at the input")
+    sub, quantize, conv = chain
     old_scale = float(index.value(conv.input[1]))
     weight_scale = index.value(conv.input[4])
     scale_name = index.add_initializer("pixel_scale", np.array(1.0, np.float32))
@@ -197,7 +232,8 @@ def feed_pixels_to_stem(model: onnx.ModelProto) -> onnx.ModelProto:
         new_bias = np.round(bias / (1.0 * weight_scale)).astype(np.int32)
         conv.input[8] = index.add_initializer(conv.name + "_pixel_bias", new_bias)
     conv.input[0], conv.input[1], conv.input[2] = cast.input[0], scale_name, zero_name
-    index.remove_nodes([cast, sub, quantize])
+    # The float pixels stay when the "cannot assess" quality scores read them too.
+    index.remove_nodes([sub, quantize] + ([] if len(index.consumers[cast.output[0]]) > 1 else [cast]))
     return model
 
 
@@ -336,12 +372,34 @@ def _topological_sort(model: onnx.ModelProto) -> None:
 
 
 # ------------------------------------------------------------------------------------------- pipeline
+def float_block_nodes(model: onnx.ModelProto, float_blocks: int) -> list[str]:
+    """Names of the nodes of the first `float_blocks` MobileNet blocks (`features.0` ...), and of the input
+    normalisation before them: the part `skinscan quantize` leaves in float (see `FLOAT_BLOCKS`)."""
+    if float_blocks <= 0:
+        return []
+    scopes = tuple(f"/features.{i}/" for i in range(float_blocks))  # torch.onnx names nodes by module path
+    names = [node.name for node in model.graph.node if any(scope in node.name for scope in scopes)]
+    if not names:
+        raise ValueError(f"no nodes named .../features.0/... in this graph: cannot keep the first {float_blocks} "
+                         "blocks float (export it with `skinscan export`, or pass float_blocks=0)")
+    index = GraphIndex(model)
+    normalisation, pending = [], [name for node in model.graph.node if node.name in names for name in node.input]
+    while pending:  # walk back from the blocks through the input normalisation (Sub, Div: folded or not)
+        producer = index.producer.get(pending.pop())
+        if producer is not None and producer.op_type in ("Sub", "Div") and producer.name not in normalisation:
+            normalisation.append(producer.name)
+            pending += list(producer.input)
+    return names + normalisation
+
+
 def quantize_package_model(fp32_path: str | Path, int8_path: str | Path, calibration_images: np.ndarray,
                            calibrate_method: str = "MinMax", per_channel: bool = True,
-                           graph_edits: bool = True, nodes_to_exclude: list[str] | None = None) -> dict:
+                           graph_edits: bool = True, nodes_to_exclude: list[str] | None = None,
+                           float_blocks: int = 0) -> dict:
     """fp32 package graph -> INT8 QOperator graph with the speed edits; metadata copied over.
 
-    Returns what was done (for the quantization report).
+    float_blocks: keep the first N MobileNet blocks in float (mixed precision; `skinscan quantize` uses
+    `FLOAT_BLOCKS`). Returns what was done (for the quantization report).
     """
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)
     original = onnx.load(str(fp32_path))
@@ -351,10 +409,14 @@ def quantize_package_model(fp32_path: str | Path, int8_path: str | Path, calibra
         model = onnx.load(str(prepared))
         if graph_edits:
             model = fold_normalization_into_stem(model)
+        float_names = float_block_nodes(model, float_blocks)
         # The explanation branch stays float (module docstring); exclusion goes by name, so name them all.
         cam_nodes = explanation_only_nodes(model)
         for i, node in enumerate(cam_nodes):
             node.name = node.name or f"cam_branch_{i}"
+        gate_nodes = gate_only_nodes(model)
+        for i, node in enumerate(gate_nodes):
+            node.name = node.name or f"gate_branch_{i}"
         onnx.save(model, str(prepared))
         # The temperature and the softmax stay float: 7 values, and uint8 probabilities would step by 1/256.
         outputs = set(CLASSIFICATION_OUTPUTS)
@@ -365,13 +427,14 @@ def quantize_package_model(fp32_path: str | Path, int8_path: str | Path, calibra
             quant_format=QuantFormat.QOperator, per_channel=per_channel,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             calibrate_method=getattr(CalibrationMethod, calibrate_method),
-            nodes_to_exclude=excluded + [n.name for n in cam_nodes],
+            nodes_to_exclude=excluded + float_names + [n.name for n in cam_nodes + gate_nodes],
             extra_options={"CalibPercentile": 99.99} if calibrate_method == "Percentile" else {},
         )
         model = onnx.load(str(quantized))
     counts = {}
     if graph_edits:
-        model = feed_pixels_to_stem(model)
+        if not float_names:  # a float stem reads float pixels: nothing to feed
+            model = feed_pixels_to_stem(model)
         model, counts = fuse_hardsigmoid_gates(model)
         if explanation_only_nodes(model):
             counts["cam_integer_matmuls"] = integer_cam_matmuls(model)
@@ -383,8 +446,29 @@ def quantize_package_model(fp32_path: str | Path, int8_path: str | Path, calibra
     onnx.save(model, str(int8_path))
     return {"format": "QOperator", "per_channel": per_channel, "calibrate_method": calibrate_method,
             "calibration_images": int(len(calibration_images)), "graph_edits": graph_edits,
-            "float_nodes": len(excluded), **counts,
-            **({"cam_float_nodes": len(cam_nodes)} if cam_nodes else {})}
+            "float_nodes": len(excluded), "float_blocks": float_blocks, **counts,
+            **({"cam_float_nodes": len(cam_nodes)} if cam_nodes else {}),
+            **({"gate_float_nodes": len(gate_nodes)} if gate_nodes else {})}
+
+
+def refit_gate_thresholds(int8_path: Path, val_images: np.ndarray) -> dict:
+    """Re-choose the "cannot assess" thresholds on the INT8 graph's own validation scores.
+
+    The gate's nodes stay float, but the lesion distance reads the INT8 network's early feature maps, whose
+    spread quantization noise inflates (distances ~4x those of FP32): FP32's threshold would turn lesions
+    away. The same rule (`choose_thresholds`, same budget) on the same val images gives INT8 its own line.
+    """
+    from skinscan.assess import choose_thresholds
+
+    scores = session(int8_path).run([ASSESS], {"image": val_images})[0]
+    spec = {**choose_thresholds(scores), "precision": "int8"}
+    model = onnx.load(str(int8_path))
+    for prop in model.metadata_props:
+        if prop.key == "skinscan.assess":
+            prop.value = json.dumps(spec)
+    onnx.save(model, str(int8_path))
+    return {"val_rejected": spec["val_rejected"],
+            "lesion_distance_threshold": spec["checks"][-1]["above"]}
 
 
 # --------------------------------------------------------------------------------------- package step
@@ -436,7 +520,7 @@ def compare_precisions(fp32_path: Path, int8_path: Path, images: np.ndarray, lab
 
 def quantize_package(package_dir: str | Path, data_dir: str | Path, split_csv: str | Path, part: str = "test",
                      calibration_count: int = 256, calibrate_method: str = "MinMax", graph_edits: bool = True,
-                     seed: int = 0) -> dict:
+                     seed: int = 0, float_blocks: int | None = None) -> dict:
     """Add `skinscan-int8.onnx` to a model package, compare it with FP32 on `part`, update the manifest.
 
     Writes `quantization.json` (the report) into the package: it travels with the model it describes.
@@ -447,8 +531,11 @@ def quantize_package(package_dir: str | Path, data_dir: str | Path, split_csv: s
     metadata = {p.key: json.loads(p.value) for p in onnx.load(str(fp32_path)).metadata_props}
     config = PreprocessConfig.from_json(metadata["skinscan.preprocess"])
     calibration = sample_calibration_images(data_dir, split_csv, config, calibration_count, seed)
+    float_blocks = FLOAT_BLOCKS if float_blocks is None else float_blocks
     settings = quantize_package_model(fp32_path, int8_path, calibration, calibrate_method=calibrate_method,
-                                      graph_edits=graph_edits)
+                                      graph_edits=graph_edits, float_blocks=float_blocks)
+    if "skinscan.assess" in metadata:
+        settings["assess"] = refit_gate_thresholds(int8_path, load_split_images(data_dir, split_csv, "val", config)[0])
     images, labels, _ = load_split_images(data_dir, split_csv, part, config)
     report = {"settings": settings, "evaluated_on": part, **compare_precisions(fp32_path, int8_path, images, labels)}
     (package_dir / "quantization.json").write_text(json.dumps(report, indent=2))

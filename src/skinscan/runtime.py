@@ -38,9 +38,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from skinscan.assess import ASSESS, AssessSpec, AssessSpecError, Verdict
 from skinscan.manifest import IntegrityError, read_manifest, verify_file
-from skinscan.preprocess import ImageSource, PreprocessConfig
-from skinscan.preprocess import preprocess as preprocess_image
+from skinscan.preprocess import ImageSource, PreprocessConfig, load_image, resize_to_input
 
 FP32_FILE = "skinscan.onnx"
 INT8_FILE = "skinscan-int8.onnx"
@@ -53,7 +53,7 @@ CAM = "cam"  # optional output: Grad-CAM of the predicted class, float [N, h, w]
 REQUIRED_METADATA = ("skinscan.labels", "skinscan.label_names", "skinscan.malignant", "skinscan.preprocess",
                      "skinscan.thresholds")
 TOP_K = 3
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
 __all__ = ["Classifier", "IntegrityError", "ModelPackageError", "Prediction", "bundled_package_dir", "find_images"]
 
@@ -75,6 +75,15 @@ class Prediction:
     # Grad-CAM of the top class on the model's last feature map [h, w], in [0, 1]; None when the package
     # has no `cam` output. It covers the model's input, i.e. the image after the package's resize rule.
     cam: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # Why the image cannot be assessed ("too_blurry", "not_a_lesion", ...; see skinscan.assess), or None. When
+    # set, the diagnosis fields above are what the network said but must not be shown as a result.
+    cannot_assess: str | None = None
+    cannot_assess_message: str | None = None
+    assessment: dict[str, float] | None = field(default=None, compare=False)  # the gate's scores
+
+    @property
+    def assessable(self) -> bool:
+        return self.cannot_assess is None
 
     @property
     def name(self) -> str:
@@ -98,6 +107,9 @@ class Prediction:
             "probabilities": dict(self.probabilities),
             "malignant_probability": self.malignant_probability,
             "malignant": self.malignant,
+            "cannot_assess": self.cannot_assess,
+            "cannot_assess_message": self.cannot_assess_message,
+            "assessment": self.assessment,
         }
         if include_cam:
             document["cam"] = None if self.cam is None else self.cam.tolist()
@@ -257,6 +269,15 @@ class Classifier:
             raise ModelPackageError(f"the model outputs {columns} probabilities but its metadata has "
                                     f"{len(self.labels)} labels")
         self.has_cam = CAM in outputs and len(outputs[CAM].shape) == 3
+        self.assess_spec: AssessSpec | None = None
+        if "skinscan.assess" in meta:
+            if ASSESS not in outputs:
+                raise ModelPackageError(f"the model's metadata has skinscan.assess but the graph has no `{ASSESS}` "
+                                        "output; re-export the package")
+            try:
+                self.assess_spec = AssessSpec.from_metadata(meta["skinscan.assess"])
+            except AssessSpecError as error:
+                raise ModelPackageError(str(error)) from None
 
     def __repr__(self) -> str:
         height, width = self.config.size
@@ -266,7 +287,20 @@ class Classifier:
     # ------------------------------------------------------------------------------------------ inference
     def preprocess(self, image: ImageSource) -> np.ndarray:
         """Decode and resize one image by this model's rule -> uint8 (H, W, 3). Raises ImageError."""
-        return preprocess_image(image, self.config)
+        return self.decode(image)[0]
+
+    def decode(self, image: ImageSource) -> tuple[np.ndarray, tuple[int, int]]:
+        """(the model input, the decoded image's (width, height)) for the "too small" check.
+
+        The decoded size is after JPEG draft decoding, which never goes below the model's input size, so a
+        picture is only ever "too small" when it really is.
+        """
+        decoded = load_image(image, min_size=self.config.size)
+        return resize_to_input(decoded, self.config), decoded.size
+
+    @property
+    def has_assess(self) -> bool:
+        return self.assess_spec is not None
 
     def _model_input(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)
@@ -295,9 +329,24 @@ class Classifier:
         probabilities, cams = self.session.run([PROBABILITIES, CAM], {INPUT_NAME: images})
         return probabilities, cams
 
+    def run_arrays(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output this package has for uint8 [N, H, W, 3] images: probabilities, and cam / assess if present.
+
+        ONNX Runtime computes all the graph's nodes on every run anyway, so fetching them all costs nothing.
+        """
+        images = self._model_input(images)
+        names = [PROBABILITIES, *([CAM] if self.has_cam else []), *([ASSESS] if self.has_assess else [])]
+        if len(images) == 0:
+            return {PROBABILITIES: np.zeros((0, len(self.labels)), dtype=np.float32)}
+        return dict(zip(names, self.session.run(names, {INPUT_NAME: images}), strict=True))
+
+    def assess(self, scores: np.ndarray, image_size: tuple[int, int] | None = None) -> Verdict | None:
+        """One image's `assess` row -> the package's verdict (None for packages without the gate)."""
+        return None if self.assess_spec is None else self.assess_spec.judge(scores, image_size)
+
     def prediction(self, probabilities: np.ndarray, source: str | None = None,
-                   cam: np.ndarray | None = None) -> Prediction:
-        """One row of `predict_arrays` (and of the maps of `explain_arrays`) -> a Prediction."""
+                   cam: np.ndarray | None = None, verdict: Verdict | None = None) -> Prediction:
+        """One row of `predict_arrays` (and of the maps of `explain_arrays`, the `assess` verdict) -> a Prediction."""
         row = np.asarray(probabilities, dtype=np.float64)
         order = np.argsort(-row, kind="stable")[:TOP_K]
         top = [(self.labels[i], self.label_names[self.labels[i]], float(row[i])) for i in order]
@@ -310,21 +359,31 @@ class Classifier:
             malignant=malignant_probability >= self.threshold,
             source=source,
             cam=cam,
+            cannot_assess=None if verdict is None else verdict.reason,
+            cannot_assess_message=None if verdict is None else verdict.message,
+            assessment=None if verdict is None else verdict.scores,
         )
 
-    def classify_arrays(self, images: np.ndarray, sources: Sequence[str | None]) -> list[Prediction]:
-        """Already-resized uint8 [N, H, W, 3] -> one Prediction per image, with its map when the package has `cam`."""
-        probabilities, cams = self.explain_arrays(images)
-        cams = [None] * len(probabilities) if cams is None else cams
-        rows = zip(probabilities, sources, cams, strict=True)
-        return [self.prediction(row, source, cam) for row, source, cam in rows]
+    def classify_arrays(self, images: np.ndarray, sources: Sequence[str | None],
+                        image_sizes: Sequence[tuple[int, int] | None] | None = None) -> list[Prediction]:
+        """Already-resized uint8 [N, H, W, 3] -> one Prediction per image, with its map when the package has `cam`
+        and its "cannot assess" verdict when it has the gate. image_sizes: each image's decoded (width, height)
+        before resizing, for the "too small" check (None: unknown, not checked)."""
+        outputs = self.run_arrays(images)
+        count = len(outputs[PROBABILITIES])
+        cams = outputs.get(CAM, [None] * count)
+        scores = outputs.get(ASSESS, [None] * count)
+        sizes = image_sizes if image_sizes is not None else [None] * count
+        rows = zip(outputs[PROBABILITIES], sources, cams, scores, sizes, strict=True)
+        return [self.prediction(row, source, cam, None if score is None else self.assess(score, size))
+                for row, source, cam, score, size in rows]
 
     def classify(self, image: ImageSource, source: str | None = None) -> Prediction:
         """A path, bytes, PIL image or numpy array -> Prediction. `source` defaults to the path, if any."""
         if source is None and isinstance(image, (str, Path)):
             source = str(image)
-        probabilities, cams = self.explain_arrays(self.preprocess(image)[None])
-        return self.prediction(probabilities[0], source, None if cams is None else cams[0])
+        array, size = self.decode(image)
+        return self.classify_arrays(array[None], [source], [size])[0]
 
     def classify_batch(self, images: Iterable[ImageSource], batch_size: int = 16,
                        sources: Sequence[str | None] | None = None) -> list[Prediction]:
@@ -338,9 +397,9 @@ class Classifier:
             raise ValueError(f"got {len(sources)} sources for {len(images)} images")
         predictions = []
         for start in range(0, len(images), batch_size):
-            chunk = images[start:start + batch_size]
-            arrays = np.stack([self.preprocess(image) for image in chunk])
-            predictions += self.classify_arrays(arrays, sources[start:start + batch_size])
+            decoded = [self.decode(image) for image in images[start:start + batch_size]]
+            arrays = np.stack([array for array, _ in decoded])
+            predictions += self.classify_arrays(arrays, sources[start:start + batch_size], [s for _, s in decoded])
         return predictions
 
 

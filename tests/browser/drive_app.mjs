@@ -83,7 +83,8 @@ const snapshot = (page) => page.evaluate(() => {
   const { stats, lastResult, photoResults, model } = window.skinscan;
   const clean = (r) => r && { source: r.source, label: r.label, probabilities: r.probabilities,
     malignant: r.malignant, malignantProbability: r.malignantProbability, cannotAssess: r.cannotAssess,
-    width: r.width, height: r.height, timings: r.timings,
+    cannotAssessReason: r.cannotAssessReason, cannotAssessMessage: r.cannotAssessMessage, assessment: r.assessment,
+    error: r.error, width: r.width, height: r.height, timings: r.timings,
     cam: r.cam ? { h: r.cam.h, w: r.cam.w, data: Array.from(r.cam.data) } : null };
   return { stats: { ...stats, samples: undefined }, lastResult: clean(lastResult), photoResults: photoResults.map(clean),
     precision: model && model.precision, crossOriginIsolated: window.crossOriginIsolated,

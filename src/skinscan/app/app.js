@@ -79,17 +79,38 @@ async function loadModel() {
 }
 
 // ----------------------------------------------------------------------------------------- results
-function interpret(probabilities) {
+/**
+ * The package's "cannot assess" rule (metadata `skinscan.assess`), walked exactly as skinscan/assess.py walks
+ * it: too small first, then each check in order; the first that fails is the answer. null: no gate.
+ */
+function judge(spec, scores, width, height) {
+  if (!spec || !scores) return null;
+  const named = Object.fromEntries(spec.scores.map((name, i) => [name, scores[i]]));
+  const message = (reason) => (spec.messages && spec.messages[reason]) || reason;
+  if (Math.min(width, height) < (spec.min_side || 0)) {
+    return { reason: 'too_small', message: message('too_small'), scores: named };
+  }
+  for (const check of spec.checks) {
+    const value = named[check.score];
+    const fails = Number.isNaN(value) || (check.below != null && value < check.below)
+      || (check.above != null && value > check.above);
+    if (fails) return { reason: check.reason, message: message(check.reason), scores: named };
+  }
+  return { reason: null, message: null, scores: named };
+}
+
+function interpret(probabilities, assess = null, width = 0, height = 0) {
   const { labels, label_names: names, malignant, thresholds } = state.model;
   const byCode = Object.fromEntries(labels.map((code, i) => [code, probabilities[i]]));
   const top = labels.map((code, i) => ({ code, name: names[code], probability: probabilities[i] }))
     .sort((a, b) => b.probability - a.probability).slice(0, 3);
   const malignantProbability = malignant.reduce((sum, code) => sum + byCode[code], 0);
-  // "Cannot assess" is data: shown only if the package defines the threshold (top probability below it).
-  const cannotAssess = typeof thresholds.cannot_assess === 'number' && top[0].probability < thresholds.cannot_assess;
+  const verdict = judge(state.model.assess, assess, width, height);
   return {
     label: top[0].code, top, probabilities: byCode, malignantProbability,
-    malignant: malignantProbability >= thresholds.malignant, cannotAssess,
+    malignant: malignantProbability >= thresholds.malignant, cannotAssess: Boolean(verdict && verdict.reason),
+    cannotAssessReason: verdict ? verdict.reason : null, cannotAssessMessage: verdict ? verdict.message : null,
+    assessment: verdict ? verdict.scores : null,
   };
 }
 
@@ -120,13 +141,14 @@ function render(result) {
   });
   const { thresholds } = state.model;
   view.result.hidden = false;
-  view.result.classList.toggle('flagged', result.malignant);
+  view.result.classList.toggle('flagged', result.malignant && !result.cannotAssess);
   view.result.classList.toggle('unsure', result.cannotAssess);
   view.verdict.textContent = result.cannotAssess
-    ? 'Cannot assess this image: centre the lesion, fill the circle, avoid glare and blur.'
+    ? `Cannot assess this image: ${result.cannotAssessMessage}.`
     : result.malignant ? 'Suspicious: see a dermatologist about this lesion.' : 'Not flagged as suspicious.';
-  view.malignancy.textContent = `P(${state.model.malignant.join(' + ')}) = ${percent(result.malignantProbability)} ` +
-    `(flagged at ≥ ${percent(thresholds.malignant)})`;
+  view.malignancy.textContent = result.cannotAssess ? 'No screening result for this image (the model\'s guesses are '
+    + 'greyed out above).' : `P(${state.model.malignant.join(' + ')}) = ${percent(result.malignantProbability)} `
+    + `(flagged at ≥ ${percent(thresholds.malignant)})`;
 }
 
 // -------------------------------------------------------------------------------- Grad-CAM overlay
@@ -235,6 +257,37 @@ function grabVideo(video) {
   return typeof VideoFrame === 'function' ? new VideoFrame(video) : createImageBitmap(video);
 }
 
+/**
+ * Refuse, before decoding a pixel, what Pillow refuses in skinscan/preprocess.py: a size outside the limits
+ * (read from the header by a detached <img>, which does not decode the pixels: a decompression bomb stays a
+ * few kB) and a JPEG cut short (no end-of-image marker: browsers would paint the missing part grey and the
+ * model would screen half a photo).
+ */
+async function checkPhoto(file) {
+  const url = URL.createObjectURL(file);
+  let width; let height;
+  try {
+    const probe = new Image();
+    probe.src = url;
+    await new Promise((resolve, reject) => {
+      probe.onload = resolve;
+      probe.onerror = () => reject(new Error('this is not an image the browser can read (JPEG, PNG, WebP, ...)'));
+    });
+    [width, height] = [probe.naturalWidth, probe.naturalHeight];
+  } finally {
+    URL.revokeObjectURL(url);
+  }
+  if (Math.min(width, height) < MIN_SIDE || width * height > MAX_PIXELS) {
+    throw new Error(`the image is ${width}x${height}: use a photo at least ${MIN_SIDE}x${MIN_SIDE} and at most 100 MP`);
+  }
+  const head = new Uint8Array(await file.slice(0, 2).arrayBuffer());
+  if (head[0] === 0xff && head[1] === 0xd8) {
+    const tail = new Uint8Array(await file.slice(Math.max(0, file.size - 4096)).arrayBuffer());
+    const ends = tail.some((byte, i) => byte === 0xff && tail[i + 1] === 0xd9);
+    if (!ends) throw new Error('the JPEG is truncated or damaged (no end-of-image marker); re-export or re-take it');
+  }
+}
+
 /** A photo decoded as Pillow decodes it: its own pixels, upright per EXIF, no colour-profile conversion. */
 async function decodePhoto(file) {
   const bitmap = await createImageBitmap(file, { imageOrientation: 'from-image', colorSpaceConversion: 'none',
@@ -259,7 +312,8 @@ function screen(grab, label) {
       start: t0, capture: t1 - t0, read: reply.readMs, preprocess: reply.preprocessMs, inference: reply.inferenceMs,
       messaging: t2 - t1 - reply.preprocessMs - reply.inferenceMs, received: t2,
     };
-    return { source: label, ...interpret(reply.probabilities), width: reply.width, height: reply.height,
+    return { source: label, ...interpret(reply.probabilities, reply.assess, reply.width, reply.height),
+      width: reply.width, height: reply.height,
       cam: reply.cam, timings };
   });
   queue = run.catch(() => {});
@@ -368,15 +422,18 @@ async function pickPhoto() {
   const file = view.gallery.files[0];
   view.gallery.value = '';
   if (!file) return;
-  setMode('photo');
-  if (view.photo.src) URL.revokeObjectURL(view.photo.src);
-  view.photo.src = URL.createObjectURL(file);
   try {
+    await checkPhoto(file); // before the photo is shown: showing it would decode it
+    setMode('photo');
+    if (view.photo.src) URL.revokeObjectURL(view.photo.src);
+    view.photo.src = URL.createObjectURL(file);
     const result = show(await screen(() => decodePhoto(file), file.name));
     state.photoResults.push(result);
     view.error.hidden = true;
   } catch (error) {
-    showError(`Cannot screen ${file.name}: ${error.message}`);
+    const message = error.message || String(error);
+    state.photoResults.push({ source: file.name, error: message }); // every upload has an outcome
+    showError(`Cannot screen ${file.name}: ${message}`);
   }
 }
 

@@ -15,8 +15,10 @@ let input = null; // Uint8Array, the model input [1, H, W, 3], reused
 let tensor = null;
 let inputName = 'image';
 let outputName = 'probabilities';
-let outputNames = ['probabilities']; // plus 'cam' (the Grad-CAM map, docs/EXPLAIN.md) when the package has it
+// Plus 'cam' (the Grad-CAM map, docs/EXPLAIN.md) and 'assess' (the "cannot assess" scores) when the package has them.
+let outputNames = ['probabilities'];
 const CAM = 'cam';
+const ASSESS = 'assess';
 let canvas = null;
 let context = null;
 let frameBuffer = null; // camera frames' RGBA, reused
@@ -52,7 +54,7 @@ async function load({ modelUrl, sha256, preprocess, threads, input: inName, outp
   inputName = inName || 'image';
   outputName = outName || 'probabilities';
   const hasCam = session.outputNames.includes(CAM);
-  outputNames = hasCam ? [outputName, CAM] : [outputName];
+  outputNames = [outputName, ...(hasCam ? [CAM] : []), ...(session.outputNames.includes(ASSESS) ? [ASSESS] : [])];
   const [height, width] = preprocess.size;
   resizer = new PillowResizer(preprocess.size, preprocess.resize);
   input = new Uint8Array(height * width * 3);
@@ -120,7 +122,7 @@ async function classify(image) {
   const probabilities = outputs[outputName].data;
   const t2 = performance.now();
   const result = { probabilities: Array.from(probabilities), width, height, preprocessMs: t1 - t0,
-    readMs: tRead - t0, inferenceMs: t2 - t1, cam: null };
+    readMs: tRead - t0, inferenceMs: t2 - t1, cam: null, assess: outputs[ASSESS] ? Array.from(outputs[ASSESS].data) : null };
   const cam = outputs[CAM];
   if (cam) { // [1, h, w]: its h*w floats in a buffer of their own, transferred (not copied) to the page
     const [, h, w] = cam.dims;

@@ -1,0 +1,122 @@
+"""Measure the "cannot assess" gate of a model package: who it turns away, and why.
+
+Three sets, each through the real runtime path (`Classifier.classify_batch`: decode, the "too small"
+check, the graph's `assess` scores, the package's thresholds):
+- the lesions of a split part (test by default): the share turned away must stay small (goal <= 2%);
+- the non-lesion corpus (`skinscan.nonlesion`): real images nobody here made (goal >= 95% turned away);
+- synthetic degradations of the same lesions (blur, dark, overexposed, tiny): what a phone gets wrong.
+
+Writes `gate.json` into the package folder; `skinscan card` puts the figures in the model card. Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageFilter
+from tqdm import tqdm
+
+from skinscan.data import image_paths, read_split
+from skinscan.preprocess import load_image
+from skinscan.runtime import Classifier
+
+GOALS = {"lesions_rejected_at_most": 0.02, "non_lesions_rejected_at_least": 0.95}
+DEGRADATIONS: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "blur (Gaussian, radius 2 px)": lambda image: image.filter(ImageFilter.GaussianBlur(2)),
+    "blur (Gaussian, radius 4 px)": lambda image: image.filter(ImageFilter.GaussianBlur(4)),
+    "dark (brightness x0.3)": lambda image: ImageEnhance.Brightness(image).enhance(0.3),
+    "dark (brightness x0.15)": lambda image: ImageEnhance.Brightness(image).enhance(0.15),
+    "overexposed (brightness x2)": lambda image: ImageEnhance.Brightness(image).enhance(2.0),
+    "overexposed (brightness x3)": lambda image: ImageEnhance.Brightness(image).enhance(3.0),
+    "tiny (shorter side 64 px)": lambda image: image.resize((round(64 * image.width / image.height), 64)),
+}
+
+
+def _summary(predictions) -> dict:
+    reasons = Counter(p.cannot_assess for p in predictions if not p.assessable)
+    rejected = sum(reasons.values())
+    return {"images": len(predictions), "rejected": rejected, "rejected_share": rejected / max(1, len(predictions)),
+            "reasons": dict(sorted(reasons.items()))}
+
+
+def measure_gate(classifier: Classifier, data_dir: str | Path, split_csv: str | Path, part: str = "test",
+                 max_images: int = 0, batch_size: int = 32) -> dict:
+    """Run the three sets through `classifier`; a JSON-friendly report with per-group rates."""
+    from skinscan.nonlesion import non_lesion_corpus  # needs scikit-image (dev extra)
+
+    if not classifier.has_assess:
+        raise ValueError(f"{classifier.path} has no 'cannot assess' gate (no `assess` output); re-export it")
+    split = read_split(split_csv)
+    rows = split[split.split == part]
+    if max_images:
+        rows = rows.head(max_images)
+    lesions = [load_image(path) for path in tqdm(image_paths(data_dir, rows.image_id.tolist()), desc=f"decode {part}",
+                                                 unit="img", leave=False)]
+    lesion_predictions = classifier.classify_batch(lesions, batch_size, sources=rows.image_id.tolist())
+    by_diagnosis = {dx: _summary([p for p, d in zip(lesion_predictions, rows.dx, strict=True) if d == dx])
+                    for dx in sorted(rows.dx.unique())}
+
+    corpus = non_lesion_corpus()
+    corpus_predictions = classifier.classify_batch([item.image for item in corpus], batch_size,
+                                                   sources=[item.name for item in corpus])
+    groups = {group: _summary([p for p, item in zip(corpus_predictions, corpus, strict=True) if item.group == group])
+              for group in dict.fromkeys(item.group for item in corpus)}
+    accepted = [f"{item.group}: {item.name}" for p, item in zip(corpus_predictions, corpus, strict=True)
+                if p.assessable]
+
+    degradations = {}
+    for name, degrade in tqdm(DEGRADATIONS.items(), desc="degradations", leave=False):
+        degradations[name] = _summary(classifier.classify_batch([degrade(image) for image in lesions], batch_size))
+
+    lesion_summary = _summary(lesion_predictions)
+    corpus_summary = _summary(corpus_predictions)
+    return {
+        "model": str(classifier.path), "precision": classifier.precision, "part": part,
+        "thresholds": classifier.metadata["skinscan.assess"],
+        "lesions": {**lesion_summary, "by_diagnosis": by_diagnosis},
+        "non_lesions": {**corpus_summary, "groups": groups, "accepted": accepted},
+        "degradations": degradations,
+        "goals": GOALS,
+        "goals_met": {"lesions": lesion_summary["rejected_share"] <= GOALS["lesions_rejected_at_most"],
+                      "non_lesions": corpus_summary["rejected_share"] >= GOALS["non_lesions_rejected_at_least"]},
+        "mean_scores": {"lesions": _mean_scores(lesion_predictions), "non_lesions": _mean_scores(corpus_predictions)},
+    }
+
+
+def _mean_scores(predictions) -> dict[str, float]:
+    scores = [p.assessment for p in predictions if p.assessment]
+    return {name: float(np.median([s[name] for s in scores])) for name in scores[0]} if scores else {}
+
+
+def gate_report(package_dir: str | Path, data_dir: str | Path, split_csv: str | Path, part: str = "test",
+                max_images: int = 0, threads: int | None = None) -> dict:
+    """Measure every precision in the package; write `gate.json` beside the models and return it."""
+    from skinscan.runtime import FP32_FILE, INT8_FILE
+
+    package_dir = Path(package_dir)
+    report = {}
+    for precision, file in (("fp32", FP32_FILE), ("int8", INT8_FILE)):
+        if (package_dir / file).is_file():
+            classifier = Classifier.load(package_dir, precision=precision, threads=threads)
+            report[precision] = measure_gate(classifier, data_dir, split_csv, part, max_images)
+    (package_dir / "gate.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def format_gate_report(report: dict) -> str:
+    """A few human lines per precision."""
+    lines = []
+    for precision, r in report.items():
+        lesions, others = r["lesions"], r["non_lesions"]
+        lines.append(f"{precision}: {lesions['rejected_share']:.1%} of {lesions['images']} {r['part']} lesions turned "
+                     f"away (goal <= 2%), {others['rejected_share']:.1%} of {others['images']} non-lesion images "
+                     f"(goal >= 95%)")
+        for group, g in others["groups"].items():
+            lines.append(f"  {group}: {g['rejected']}/{g['images']} turned away")
+        for name, d in r["degradations"].items():
+            lines.append(f"  {name}: {d['rejected_share']:.1%} turned away {d['reasons']}")
+    return "\n".join(lines)

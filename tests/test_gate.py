@@ -1,0 +1,249 @@
+"""The "cannot assess" gate: the rule (skinscan.assess), the scores in the graph (skinscan.gate), thresholds
+chosen on validation, the INT8 graph, the runtime and CLI answers, and the bundled package's measured rates."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image, ImageEnhance, ImageFilter
+
+from skinscan.assess import MESSAGES, AssessSpec, AssessSpecError
+from skinscan.runtime import Classifier, bundled_package_dir
+
+SPEC = {
+    "scores": ["lesion_distance", "sharpness", "brightness", "colourfulness"],
+    "min_side": 100,
+    "checks": [
+        {"score": "brightness", "below": 100.0, "reason": "too_dark"},
+        {"score": "brightness", "above": 200.0, "reason": "too_bright"},
+        {"score": "sharpness", "below": 3.0, "reason": "too_blurry"},
+        {"score": "colourfulness", "below": 9.0, "reason": "not_a_lesion"},
+        {"score": "lesion_distance", "above": 11.0, "reason": "not_a_lesion"},
+    ],
+}
+GOOD = [5.0, 10.0, 150.0, 30.0]  # distance, sharpness, brightness, colourfulness
+
+
+# ------------------------------------------------------------------------------------------ the rule
+def test_an_image_inside_every_threshold_is_assessable():
+    verdict = AssessSpec.from_metadata(SPEC).judge(GOOD, (600, 450))
+    assert verdict.assessable and verdict.reason is None and verdict.message is None
+    assert verdict.scores == dict(zip(SPEC["scores"], GOOD, strict=True))
+
+
+@pytest.mark.parametrize(("scores", "size", "reason"), [
+    (GOOD, (99, 450), "too_small"),
+    ([50.0, 0.1, 20.0, 0.0], (99, 450), "too_small"),  # too small is checked first, before the graph's scores
+    ([5.0, 10.0, 99.0, 30.0], (600, 450), "too_dark"),
+    ([5.0, 0.1, 99.0, 30.0], (600, 450), "too_dark"),  # a dark image is also flat: "dark" is the useful answer
+    ([5.0, 10.0, 201.0, 30.0], (600, 450), "too_bright"),
+    ([5.0, 2.0, 150.0, 30.0], (600, 450), "too_blurry"),
+    ([5.0, 10.0, 150.0, 1.0], (600, 450), "not_a_lesion"),
+    ([12.0, 10.0, 150.0, 30.0], (600, 450), "not_a_lesion"),
+    ([math.nan, 10.0, 150.0, 30.0], (600, 450), "not_a_lesion"),  # unmeasurable never passes
+])
+def test_the_first_failing_check_is_the_answer(scores, size, reason):
+    verdict = AssessSpec.from_metadata(SPEC).judge(scores, size)
+    assert verdict.reason == reason and verdict.message == MESSAGES[reason] and not verdict.assessable
+
+
+def test_unknown_size_skips_only_the_size_check():
+    spec = AssessSpec.from_metadata(SPEC)
+    assert spec.judge(GOOD, None).assessable
+    assert spec.judge([5.0, 2.0, 150.0, 30.0], None).reason == "too_blurry"
+
+
+@pytest.mark.parametrize("broken", [
+    {},
+    {"scores": ["a"], "checks": [{"score": "b", "below": 1, "reason": "x"}]},
+    {"scores": ["a"], "checks": [{"score": "a", "reason": "x"}]},
+    {"scores": ["a"], "checks": [{"score": "a", "below": 1, "above": 2, "reason": "x"}]},
+    {"scores": ["a"], "checks": [{"score": "a", "below": "dark", "reason": "x"}]},
+    {"scores": ["a"], "checks": "nope"},
+])
+def test_malformed_specs_are_refused_with_a_message(broken):
+    with pytest.raises(AssessSpecError, match="skinscan.assess|check"):
+        AssessSpec.from_metadata(broken)
+
+
+# ----------------------------------------------------------------------------------- thresholds on val
+def test_thresholds_keep_the_rejection_budget_on_validation():
+    from skinscan.assess import SCORES, choose_thresholds
+
+    rng = np.random.default_rng(0)
+    scores = np.column_stack([rng.chisquare(80, 2000) / 80, rng.lognormal(2, 1, 2000), rng.normal(155, 20, 2000),
+                              rng.normal(30, 8, 2000)])
+    spec = choose_thresholds(scores, budget=0.02, tail=0.0025)
+    judge = AssessSpec.from_metadata(spec)
+    rejected = np.mean([not judge.judge(row).assessable for row in scores])
+    assert rejected == pytest.approx(spec["val_rejected"])
+    assert 0.015 <= rejected <= 0.02
+    assert [c["score"] for c in spec["checks"]][-1] == "lesion_distance" and spec["scores"] == list(SCORES)
+    for check in spec["checks"][:-1]:  # each quality check alone takes its 0.25% tail
+        alone = AssessSpec.from_metadata({**spec, "checks": [check]})
+        assert np.mean([not alone.judge(row).assessable for row in scores]) <= 0.003
+
+
+# --------------------------------------------------------------------------------- the scores in the graph
+@pytest.fixture(scope="module")
+def gated_package(tmp_path_factory, pretrained_v3_small, ham10000_dir, split_csv):
+    """An ImageNet-backbone package with the gate fitted on 140 train images: the real export path, small."""
+    torch = pytest.importorskip("torch", reason="exporting needs the `train` extra")
+    from skinscan.assess import choose_thresholds
+    from skinscan.data import load_split_images
+    from skinscan.export import PackagedModel, export_onnx, fit_gate, package_metadata, packaged_outputs
+    from skinscan.manifest import write_manifest
+    from skinscan.model import create_model
+    from skinscan.preprocess import PreprocessConfig
+
+    config = PreprocessConfig((210, 280), "center_crop")
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v3_small", pretrained=pretrained_v3_small).eval()
+    train, _, _ = load_split_images(ham10000_dir, split_csv, "train", config, max_images=140)
+    val, _, _ = load_split_images(ham10000_dir, split_csv, "val", config, max_images=70)
+    gate = fit_gate(model, torch.from_numpy(train))
+    wrapped = PackagedModel(model, 1.0, cam=True, gate=gate).eval()
+    torch_outputs = packaged_outputs(wrapped, torch.from_numpy(val))
+    spec = choose_thresholds(torch_outputs["assess"])
+    folder = tmp_path_factory.mktemp("gated")
+    metadata = package_metadata(config, model.config.to_json(), 1.0, {"malignant": 0.3}, {"skinscan.assess": spec})
+    export_onnx(model, config, folder / "skinscan.onnx", 1.0, metadata, cam=True, gate=gate)
+    write_manifest(folder)
+    return {"folder": folder, "val": val, "torch": torch_outputs, "spec": spec, "model": model}
+
+
+def test_onnx_scores_equal_pytorch_and_the_numpy_definitions(gated_package):
+    from scipy.ndimage import convolve
+
+    classifier = Classifier.load(gated_package["folder"], precision="fp32")
+    assert classifier.has_assess and classifier.has_cam
+    val = gated_package["val"]
+    outputs = classifier.run_arrays(val)
+    np.testing.assert_allclose(outputs["assess"], gated_package["torch"]["assess"], rtol=2e-4, atol=1e-3)
+    # The quality scores, recomputed independently with numpy/scipy from their textbook definitions.
+    pixels = val.astype(np.float64)
+    luma = pixels @ [0.299, 0.587, 0.114]
+    laplacian = np.stack([convolve(image, [[0, 1, 0], [1, -4, 1], [0, 1, 0]])[1:-1, 1:-1] for image in luma])
+    rg = pixels[..., 0] - pixels[..., 1]
+    yb = 0.5 * (pixels[..., 0] + pixels[..., 1]) - pixels[..., 2]
+    colourfulness = (np.sqrt(rg.var((1, 2)) + yb.var((1, 2)))
+                     + 0.3 * np.sqrt(rg.mean((1, 2)) ** 2 + yb.mean((1, 2)) ** 2))
+    np.testing.assert_allclose(outputs["assess"][:, 1], laplacian.var((1, 2)), rtol=1e-3)
+    np.testing.assert_allclose(outputs["assess"][:, 2], luma.mean((1, 2)), rtol=1e-4)
+    np.testing.assert_allclose(outputs["assess"][:, 3], colourfulness, rtol=1e-4)
+    # The distance is scaled by the training median: lesions sit near 2 (one per gate block), not at 0 or 1000.
+    assert 0.5 < np.median(outputs["assess"][:, 0]) < 10
+
+
+def test_the_gate_leaves_the_classifier_unchanged(gated_package):
+    from skinscan.export import PackagedModel, packaged_outputs
+
+    torch = pytest.importorskip("torch")
+    plain = packaged_outputs(PackagedModel(gated_package["model"], 1.0).eval(), torch.from_numpy(gated_package["val"]))
+    gated = Classifier.load(gated_package["folder"], precision="fp32").predict_arrays(gated_package["val"])
+    np.testing.assert_allclose(gated, plain["probabilities"], atol=1e-5)
+
+
+def test_int8_keeps_the_gate_float_and_close(gated_package, ham10000_dir, split_csv, tmp_path):
+    import onnx
+
+    from skinscan.data import load_split_images
+    from skinscan.preprocess import PreprocessConfig
+    from skinscan.quantize import gate_only_nodes, quantize_package_model, refit_gate_thresholds, session
+
+    folder = gated_package["folder"]
+    calibration, _, _ = load_split_images(ham10000_dir, split_csv, "train", PreprocessConfig((210, 280)),
+                                          max_images=28, seed=1)
+    int8 = tmp_path / "skinscan-int8.onnx"
+    report = quantize_package_model(folder / "skinscan.onnx", int8, calibration)
+    assert report["gate_float_nodes"] > 10
+    model = onnx.load(str(int8))
+    gate_ops = {node.op_type for node in gate_only_nodes(model)}
+    assert not gate_ops & {"QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QuantizeLinear"}
+    fp32 = gated_package["torch"]["assess"]
+    quantized = session(int8).run(["assess"], {"image": gated_package["val"]})[0]
+    # The quality scores read the raw pixels: identical. The distance reads INT8 features: it ranks images
+    # alike, on a larger scale (quantization noise inflates the feature spread), hence INT8's own thresholds.
+    np.testing.assert_allclose(quantized[:, 1:], fp32[:, 1:], rtol=1e-4)
+    assert np.corrcoef(quantized[:, 0], fp32[:, 0])[0, 1] > 0.7
+    refit = refit_gate_thresholds(int8, gated_package["val"])
+    assert refit["val_rejected"] <= 0.02
+    spec = json.loads({p.key: p.value for p in onnx.load(str(int8)).metadata_props}["skinscan.assess"])
+    assert spec["precision"] == "int8" and spec["checks"][-1]["above"] == refit["lesion_distance_threshold"]
+    for ours, fp32_check in zip(spec["checks"][:-1], gated_package["spec"]["checks"][:-1], strict=True):
+        line = "below" if "below" in ours else "above"  # the quality lines are the same
+        assert ours[line] == pytest.approx(fp32_check[line], rel=1e-4) and ours["reason"] == fp32_check["reason"]
+
+
+# ------------------------------------------------------------------------------ runtime and CLI answers
+def test_prediction_says_why_it_cannot_assess(gated_package, ham10000_dir):
+    classifier = Classifier.load(gated_package["folder"], precision="fp32")
+    lesion = Image.open(next((ham10000_dir / "images").glob("*.jpg"))).convert("RGB")
+    dark = classifier.classify(ImageEnhance.Brightness(lesion).enhance(0.1))
+    assert dark.cannot_assess == "too_dark" and not dark.assessable and "dark" in dark.cannot_assess_message
+    tiny = classifier.classify(lesion.resize((80, 60)))
+    assert tiny.cannot_assess == "too_small"
+    grey = classifier.classify(lesion.convert("L"))
+    assert grey.cannot_assess == "not_a_lesion"
+    blurred = classifier.classify(lesion.filter(ImageFilter.GaussianBlur(6)))
+    assert blurred.cannot_assess in {"too_blurry", "not_a_lesion"}
+    document = dark.to_dict()
+    assert document["cannot_assess"] == "too_dark" and set(document["assessment"]) == set(SPEC["scores"])
+
+
+def test_predict_cli_reports_cannot_assess(gated_package, ham10000_dir, tmp_path, capsys):
+    from skinscan.cli import main
+
+    lesion = Image.open(next((ham10000_dir / "images").glob("*.jpg"))).convert("RGB")
+    ImageEnhance.Brightness(lesion).enhance(0.1).save(tmp_path / "dark.png")
+    lesion.save(tmp_path / "lesion.png")
+    assert main(["predict", str(tmp_path / "dark.png"), "--model", str(gated_package["folder"]),
+                 "--precision", "fp32"]) == 0
+    table = capsys.readouterr().out
+    assert "CANNOT ASSESS (too dark)" in table and "too dark; add light" in table and "1 could not be assessed" in table
+    assert main(["predict", str(tmp_path), "--model", str(gated_package["folder"]), "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    reasons = {p["source"].rsplit("/", 1)[-1]: p["cannot_assess"] for p in document["predictions"]}
+    assert reasons["dark.png"] == "too_dark"
+    assert main(["predict", str(tmp_path), "--model", str(gated_package["folder"]), "--csv"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0].endswith(",cannot_assess") and any(r.endswith(",too_dark") for r in rows[1:])
+
+
+# ------------------------------------------------------------------------- the bundled package, measured
+@pytest.fixture(scope="module")
+def bundled_gate_report(ham10000_dir, split_csv, tmp_path_factory):
+    pytest.importorskip("skimage", reason="the non-lesion corpus is scikit-image's sample images (`dev` extra)")
+    import shutil
+
+    from skinscan.gate_report import gate_report
+
+    package = bundled_package_dir()
+    classifier = Classifier.load(package)
+    if not classifier.has_assess:
+        pytest.skip("the bundled package predates the gate")
+    folder = tmp_path_factory.mktemp("bundled")
+    for file in package.iterdir():
+        if file.is_file():
+            shutil.copy(file, folder / file.name)
+    return gate_report(folder, ham10000_dir, split_csv, part="test")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_bundled_gate_meets_its_goals_on_the_test_split(bundled_gate_report, precision):
+    report = bundled_gate_report[precision]
+    assert report["lesions"]["images"] > 1200
+    assert report["lesions"]["rejected_share"] <= 0.02, report["lesions"]
+    assert report["non_lesions"]["rejected_share"] >= 0.95, report["non_lesions"]["accepted"]
+    degradations = report["degradations"]
+    assert degradations["dark (brightness x0.3)"]["reasons"].get("too_dark", 0) >= 0.95 * report["lesions"]["images"]
+    assert degradations["tiny (shorter side 64 px)"]["rejected_share"] == 1.0
+    assert degradations["blur (Gaussian, radius 4 px)"]["rejected_share"] >= 0.95
+    assert degradations["overexposed (brightness x3)"]["rejected_share"] >= 0.95
+    # The figures in the model card are these (written by `skinscan gate` into the package at bundling time).
+    shipped = json.loads((bundled_package_dir() / "gate.json").read_text())[precision]
+    assert shipped["lesions"]["rejected"] == report["lesions"]["rejected"]
+    assert shipped["non_lesions"]["rejected"] == report["non_lesions"]["rejected"]
