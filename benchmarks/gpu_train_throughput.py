@@ -21,7 +21,7 @@ only every `skinscan.train.SYNC_EVERY` steps, so the host prepares the next batc
 the configurations take turns in rounds
 and each keeps its best round's median (`skinscan.benchmark.interleaved_latency`), so background load hits
 all of them alike. Warm-up calls are untimed: the compile configuration compiles during its first warm-up
-call (minutes on a CPU, about a minute on a GPU), so `--warmup` must be at least 1.
+call (minutes: 197 s for MobileNetV3-Small on our 2-core CPU), so `--warmup` must be at least 1.
 
 Without a GPU the script says so and measures the CPU; by default it then skips autocast+compile, whose
 compile takes minutes there (ask for it with --configs).

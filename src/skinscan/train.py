@@ -21,6 +21,7 @@ GPU only every `SYNC_EVERY` steps, and opt-in `torch.compile` (`--compile`, `com
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -205,12 +206,32 @@ def build_optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
-def ema_update(decay: float):
-    """EMA step with the usual ramp: early on the average follows the model closely (decay ~ n/(n+10))."""
-    def update(averaged: torch.Tensor, current: torch.Tensor, n_averaged: torch.Tensor) -> torch.Tensor:
-        rate = 1.0 - min(decay, (1.0 + float(n_averaged)) / (10.0 + float(n_averaged)))
-        return averaged + (current - averaged) * rate
-    return update
+class ExponentialMovingAverage(AveragedModel):
+    """EMA of the weights and BatchNorm statistics with the usual ramp: early on the average follows the model
+    closely (decay ~ (1+n)/(10+n), capped at `decay`); integer buffers (BatchNorm's batch counter) are copied.
+
+    Why not AveragedModel with an `avg_fn`: that hands the step count to the function as a device tensor, and
+    reading it (once per tensor, every step) makes the host wait for the GPU. Here the count stays on the host
+    (AveragedModel keeps `n_averaged` there when given no device) and one fused `_foreach_lerp_` (as timm's
+    ModelEmaV3) updates every tensor. The state_dict is AveragedModel's (`module.*`, `n_averaged`).
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        super().__init__(model, use_buffers=True)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update_parameters(self, model: nn.Module) -> None:
+        n = int(self.n_averaged)
+        rate = 1.0 if n == 0 else 1.0 - min(self.decay, (1.0 + n) / (10.0 + n))
+        pairs = list(zip(itertools.chain(self.module.parameters(), self.module.buffers()),
+                         itertools.chain(model.parameters(), model.buffers()), strict=True))
+        floats = [(averaged, current) for averaged, current in pairs if averaged.is_floating_point()]
+        torch._foreach_lerp_([a for a, _ in floats], [c.detach() for _, c in floats], rate)
+        for averaged, current in pairs:
+            if not averaged.is_floating_point():
+                averaged.copy_(current)
+        self.n_averaged += 1
 
 
 def learning_rate_schedule(optimizer, frozen_steps: int, warmup_steps: int, total_steps: int):
@@ -420,7 +441,7 @@ def _train(config: TrainConfig, out_dir: Path, last_path: Path, best_path: Path,
     log.info("%d labels: %s", len(labels), ", ".join(labels.codes))
     model = create_model(config.arch, config.pretrained if checkpoint is None else None, num_classes=len(labels),
                          dropout=config.dropout).to(device, memory_format=torch.channels_last)
-    ema = AveragedModel(model, avg_fn=ema_update(config.ema_decay), use_buffers=True)
+    ema = ExponentialMovingAverage(model, config.ema_decay)
     optimizer = build_optimizer(model, config)
     total_epochs = config.warmup_epochs + config.epochs
     steps_per_epoch = len(data["train"].labels) // config.batch_size
