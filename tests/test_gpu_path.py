@@ -36,6 +36,18 @@ def test_cpu_fallbacks_are_no_ops():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
 
 
+def test_augmentation_keeps_every_tensor_on_the_batchs_device():
+    """The augmentation parameters are drawn on the host; each must reach the batch's device. The meta device
+    stands in for a GPU here (it has no data, but mixing it with CPU tensors fails as CUDA does)."""
+    from skinscan.augment import AugmentConfig, augment_batch
+
+    images = torch.zeros(4, 32, 48, 3, dtype=torch.uint8, device="meta")
+    out = augment_batch(images, AugmentConfig(), torch.Generator().manual_seed(0))
+    assert out.device.type == "meta" and out.shape == (4, 3, 32, 48)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert create_model("mobilenet_v3_small", num_classes=8).to("meta")(out).shape == (4, 8)
+
+
 def test_state_dict_saved_through_a_compile_wrapper_loads():
     model = create_model("mobilenet_v3_small", num_classes=8).eval()
     wrapped = torch.compile(model)  # nothing is compiled until it is called: this only wraps

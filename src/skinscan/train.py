@@ -41,7 +41,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from skinscan import distributed
-from skinscan.augment import AugmentConfig, augment_batch, to_model_input
+from skinscan.augment import AugmentConfig, augment_batch, to_device, to_model_input
 from skinscan.data import load_split_images
 from skinscan.labels import HAM10000, LabelSet
 from skinscan.model import create_model, model_from_checkpoint
@@ -158,20 +158,6 @@ def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
     """Loss scaling for fp16 autocast (small fp16 gradients underflow to zero without it); disabled otherwise:
     bf16 has fp32's range and needs none."""
     return torch.amp.GradScaler(device.type, enabled=autocast_dtype(device) == torch.float16)
-
-
-def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Host -> device copy of a batch.
-
-    On CUDA the batch is first copied into pinned (page-locked) memory, from which the copy to the GPU is
-    asynchronous (`non_blocking`): the host goes on queueing this step's work instead of waiting for the
-    transfer. (From ordinary pageable memory a `non_blocking` copy is silently synchronous.) torch's caching
-    host allocator reuses the pinned buffers and keeps each alive until its copy is done. On the CPU it is
-    the tensor itself.
-    """
-    if device.type != "cuda":
-        return batch.to(device)
-    return batch.pin_memory().to(device, non_blocking=True)
 
 
 def compile_for_training(model: nn.Module, backend: str = "inductor") -> nn.Module:
