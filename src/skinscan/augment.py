@@ -31,12 +31,27 @@ def _uniform(low: float, high: float, n: int, generator: torch.Generator) -> tor
     return low + (high - low) * torch.rand(n, generator=generator)
 
 
-def random_affine_grid(n: int, height: int, width: int, config: AugmentConfig,
-                       generator: torch.Generator) -> torch.Tensor:
-    """Sampling grids (N, H, W, 2) for a random rotation/flip/zoom/shift of each image.
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host -> device copy that does not make the host wait for the GPU.
+
+    On CUDA the tensor is first copied into pinned (page-locked) memory, from which the copy to the GPU is
+    asynchronous (`non_blocking`): the host goes on queueing work. An ordinary `.to("cuda")` of a CPU tensor
+    waits until the GPU has finished everything queued before it, so a few small ones per step (random
+    augmentation parameters) would stall every step. torch's caching host allocator reuses the pinned
+    buffers and keeps each alive until its copy is done. On the CPU it is the tensor itself.
+    """
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def random_affine_theta(n: int, height: int, width: int, config: AugmentConfig,
+                        generator: torch.Generator) -> torch.Tensor:
+    """Affine matrices (N, 2, 3) for a random rotation/flip/zoom/shift of each image, for `F.affine_grid`.
 
     Built in pixel units so a rotation of a non-square frame is a true rotation, then converted to
-    `grid_sample`'s normalised [-1, 1] coordinates.
+    `grid_sample`'s normalised [-1, 1] coordinates. Drawn on the host (the generator is a CPU one, so runs are
+    reproducible on any device); the grid itself is built on the images' device (it is N*H*W*2 floats).
     """
     angle = _uniform(0, 2 * math.pi, n, generator) if config.rotation else torch.zeros(n)
     zoom = torch.exp(_uniform(math.log(config.zoom[0]), math.log(config.zoom[1]), n, generator))
@@ -57,7 +72,7 @@ def random_affine_grid(n: int, height: int, width: int, config: AugmentConfig,
     theta[:, 1, 1] = cos * scale_y * half_h / half_h
     theta[:, 0, 2] = shift_x * 2
     theta[:, 1, 2] = shift_y * 2
-    return F.affine_grid(theta, [n, 3, height, width], align_corners=False)
+    return theta
 
 
 def color_jitter(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
@@ -77,11 +92,12 @@ def color_jitter(images: torch.Tensor, config: AugmentConfig, generator: torch.G
     saturate = saturation.view(n, 1, 1) * eye + (1 - saturation).view(n, 1, 1) * luma.expand(n, 3, 3)
     matrix = _hue_rotation(hue) @ saturate * (contrast * brightness).view(n, 1, 1)
     # contrast: x -> c*x + (1-c)*mean grey level of the (brightened) image
-    grey_mean = images.mean(dim=(1, 2, 3)) * brightness
-    offset = ((1 - contrast) * grey_mean).view(n, 1).expand(n, 3)
-    offset = (_hue_rotation(hue) @ saturate @ offset.unsqueeze(-1)).squeeze(-1)
+    # The parameters are drawn on the host: move the small per-image tensors to the images' device.
+    grey_mean = images.mean(dim=(1, 2, 3)) * to_device(brightness, images.device)
+    offset = (to_device(1 - contrast, images.device) * grey_mean).view(n, 1).expand(n, 3)
+    offset = (to_device(_hue_rotation(hue) @ saturate, images.device) @ offset.unsqueeze(-1)).squeeze(-1)
     flat = images.reshape(n, 3, -1)
-    out = torch.baddbmm(offset.unsqueeze(-1).to(images), matrix.to(images), flat)
+    out = torch.baddbmm(offset.unsqueeze(-1), to_device(matrix, images.device), flat)
     return out.view_as(images).clamp_(0, 255)
 
 
@@ -104,7 +120,8 @@ def augment_batch(images_uint8_nhwc: torch.Tensor, config: AugmentConfig, genera
     """uint8 (N, H, W, 3) -> augmented float (N, 3, H, W) in [0, 255], same size, channels_last."""
     images = images_uint8_nhwc.permute(0, 3, 1, 2).float().contiguous()
     n, _, height, width = images.shape
-    grid = random_affine_grid(n, height, width, config, generator).to(images.device)
+    theta = to_device(random_affine_theta(n, height, width, config, generator), images.device)
+    grid = F.affine_grid(theta, [n, 3, height, width], align_corners=False)
     images = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     images = color_jitter(images, config, generator)
     return images.contiguous(memory_format=torch.channels_last)

@@ -19,18 +19,34 @@ class UsageError(Exception):
 
 
 # ------------------------------------------------------------------------------------------------ data
+def data_source(args):
+    """The DataSource the data options name: --data's layout, with --images, --metadata and columns overriding."""
+    from skinscan.data import DataSource, as_source
+
+    folder = as_source(args.data)
+    return DataSource(image_dir=args.images or folder.image_dir, metadata=getattr(args, "metadata", None) or
+                      folder.metadata, id_column=getattr(args, "id_column", "image_id"),
+                      group_column=getattr(args, "group_column", "lesion_id"),
+                      label_column=getattr(args, "label_column", "dx"))
+
+
 def cmd_data_validate(args) -> int:
     from skinscan.data import validate_dataset
+    from skinscan.labels import load_label_set
 
-    report = validate_dataset(args.data, check_images=not args.skip_images)
+    report = validate_dataset(data_source(args), check_images=not args.skip_images, labels=load_label_set(args.labels))
     print(report.format(limit=args.limit))
     return 0 if report.ok else 1
 
 
 def cmd_data_split(args) -> int:
-    from skinscan.data import lesion_grouped_split, read_metadata, write_split
+    from skinscan.data import lesion_grouped_split, read_metadata, require_known_labels, write_split
+    from skinscan.labels import load_label_set
 
-    split = lesion_grouped_split(read_metadata(args.data), fractions=args.fractions, seed=args.seed)
+    source = data_source(args)
+    metadata = read_metadata(source)
+    require_known_labels(metadata.dx, load_label_set(args.labels), str(source.metadata))
+    split = lesion_grouped_split(metadata, fractions=args.fractions, seed=args.seed)
     path = write_split(split, args.out)
     counts = split.groupby(["dx", "split"]).size().unstack(fill_value=0)
     print(counts.to_string())
@@ -52,23 +68,24 @@ def cmd_data_download(args) -> int:
 # ----------------------------------------------------------------------------------------------- train
 def cmd_train(args) -> int:
     from skinscan.augment import AugmentConfig
+    from skinscan.labels import load_label_set
     from skinscan.train import TrainConfig, train
 
     config = TrainConfig(
-        data_dir=str(args.data), split_csv=str(args.split), out_dir=str(args.out), arch=args.arch,
+        data_dir=str(args.images or args.data), split_csv=str(args.split), out_dir=str(args.out), arch=args.arch,
         pretrained=None if args.pretrained.lower() == "none" else args.pretrained,
         input_size=tuple(args.input_size), resize=args.resize,
         warmup_epochs=args.warmup_epochs, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
         sampling_power=args.sampling_power, logit_adjustment=args.logit_adjustment, ema_decay=args.ema_decay,
         augment=AugmentConfig(zoom=tuple(args.zoom)), seed=args.seed, threads=args.threads, device=args.device,
-        max_images=args.max_images,
+        max_images=args.max_images, label_set=load_label_set(args.labels).to_json(), compile=args.compile,
     )
     best = train(config, resume=args.resume)
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun, rank 0 reports
     print(f"run folder: {args.out} (config.json, log.txt, metrics.jsonl, last.pt)\nbest model: {best}")
-    print(f"next: skinscan evaluate --checkpoint {best} --split {args.split} --data {args.data}")
+    print(f"next: skinscan evaluate --checkpoint {best} --split {args.split} --data {args.images or args.data}")
     return 0
 
 
@@ -76,11 +93,13 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from skinscan.evaluate import evaluate_checkpoint
 
-    metrics = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.out, part=args.part,
+    metrics = evaluate_checkpoint(args.checkpoint, data_source(args), args.split, args.out, part=args.part,
                                   tta=args.tta, threads=args.threads)
+    melanoma = metrics["per_class"].get("mel")
     headline = (f"{args.part}: balanced accuracy {metrics['balanced_accuracy']:.3f}, macro AUC "
-                f"{metrics['macro_auc']:.3f}, melanoma sensitivity {metrics['per_class']['mel']['sensitivity']:.3f}, "
-                f"ECE {metrics['ece']:.3f} (calibrated)")
+                f"{metrics['macro_auc']:.3f}, "
+                + (f"melanoma sensitivity {melanoma['sensitivity']:.3f}, " if melanoma else "")
+                + f"ECE {metrics['ece']:.3f} (calibrated)")
     print(headline)
     print(f"report: {Path(args.out) / 'report.md'} (metrics.json, plots)")
     print(DISCLAIMER)
@@ -91,7 +110,7 @@ def cmd_evaluate(args) -> int:
 def cmd_export(args) -> int:
     from skinscan.export import build_package
 
-    metadata = build_package(args.checkpoint, args.data, args.split, args.out, threads=args.threads)
+    metadata = build_package(args.checkpoint, args.images or args.data, args.split, args.out, threads=args.threads)
     print(f"temperature {metadata['skinscan.temperature']:.3f}, malignant threshold "
           f"{metadata['skinscan.thresholds']['malignant']:.3f} (fitted on val)")
     print(f"model package: {args.out} (skinscan.onnx, skinscan.ort, manifest.json)")
@@ -225,7 +244,8 @@ def _print_predictions_table(classifier, predictions) -> None:
 def cmd_qat(args) -> int:
     from skinscan.qat import quantization_aware_finetune
 
-    best = quantization_aware_finetune(args.checkpoint, args.out, args.data, args.split, epochs=args.epochs,
+    best = quantization_aware_finetune(args.checkpoint, args.out, args.images or args.data, args.split,
+                                       epochs=args.epochs,
                                        lr=args.lr, threads=args.threads)
     print(f"quantization-aware checkpoint: {best} (history: {Path(args.out) / 'qat_history.json'})")
     print(f"next: skinscan export --checkpoint {best} --out PACKAGE && skinscan quantize --model PACKAGE")
@@ -302,6 +322,29 @@ def cmd_app(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ main
+def add_data_arguments(parser: argparse.ArgumentParser, metadata: bool = True, labels: bool = False) -> None:
+    """Where the data set is: HAM10000's layout by default, any image folder + CSV with --images/--metadata."""
+    from skinscan.data import default_data_dir
+
+    group = parser.add_argument_group("data set", "HAM10000's layout by default; any folder of images plus a CSV "
+                                      "with one row per image (ISIC 2019/2020 exports) via --images and --metadata")
+    group.add_argument("--data", type=Path, default=default_data_dir(),
+                       help="HAM10000-style folder: DATA/images/ and DATA/HAM10000_metadata.csv (default: %(default)s)")
+    group.add_argument("--images", type=Path, default=None,
+                       help="the folder of images, named <image id>.jpg/.png (default: DATA/images)")
+    if metadata:
+        group.add_argument("--metadata", type=Path, default=None,
+                           help="CSV with one row per image (default: DATA/HAM10000_metadata.csv)")
+        group.add_argument("--id-column", default="image_id", help="CSV column with the image id (file name stem)")
+        group.add_argument("--group-column", default="lesion_id",
+                           help="CSV column with the lesion (group) id: a split never divides a group")
+        group.add_argument("--label-column", default="dx", help="CSV column with the diagnosis code")
+    if labels:
+        group.add_argument("--labels", default=None, metavar="FILE",
+                           help="label set: a JSON list of {code, name, malignant} in output order, or a built-in "
+                                "set (ham10000, isic2019); default: HAM10000's 7 diagnoses")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from skinscan.data import default_data_dir
 
@@ -312,12 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
     data = verbs.add_parser("data", help="validate, split or download a HAM10000-style data set")
     data_verbs = data.add_subparsers(dest="data_verb", required=True, metavar="ACTION")
     validate = data_verbs.add_parser("validate", help="check metadata and images; non-zero exit on problems")
-    validate.add_argument("--data", type=Path, default=default_data_dir())
+    add_data_arguments(validate, labels=True)
     validate.add_argument("--skip-images", action="store_true", help="do not decode every image")
     validate.add_argument("--limit", type=int, default=5, help="examples shown per problem")
     validate.set_defaults(func=cmd_data_validate)
     split = data_verbs.add_parser("split", help="lesion-grouped, diagnosis-stratified train/val/test CSV")
-    split.add_argument("--data", type=Path, default=default_data_dir())
+    add_data_arguments(split, labels=True)
     split.add_argument("--out", type=Path, default=Path("runs/split.csv"))
     split.add_argument("--fractions", type=float, nargs=3, default=(0.70, 0.15, 0.15), metavar=("TRAIN", "VAL", "TEST"))
     split.add_argument("--seed", type=int, default=0)
@@ -328,8 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     download.set_defaults(func=cmd_data_download)
 
     tr = verbs.add_parser("train", help="fine-tune a MobileNet on the train split, select on val balanced accuracy")
-    tr.add_argument("--data", type=Path, default=default_data_dir())
-    tr.add_argument("--split", type=Path, default=Path("runs/split.csv"))
+    add_data_arguments(tr, metadata=False, labels=True)
+    tr.add_argument("--split", type=Path, default=Path("runs/split.csv"),
+                    help="the split CSV from `skinscan data split` (it carries the image ids, groups and labels)")
     tr.add_argument("--out", type=Path, default=Path("runs/train"))
     tr.add_argument("--arch", default="mobilenet_v3_small",
                     choices=["mobilenet_v3_small", "mobilenet_v3_large", "mobilenet_v2"])
@@ -355,11 +399,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     tr.add_argument("--max-images", type=int, default=0, help="use only ~N images per split (smoke tests)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    tr.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                    help="torch.compile the training steps (default backend: inductor). Off by default: compiling "
+                         "takes minutes, worth it on long GPU runs (README: Training at scale)")
     tr.set_defaults(func=cmd_train)
 
     ev = verbs.add_parser("evaluate", help="ISIC-challenge metrics, plots and a report for a checkpoint")
     ev.add_argument("--checkpoint", type=Path, default=Path("runs/train/best.pt"))
-    ev.add_argument("--data", type=Path, default=default_data_dir())
+    add_data_arguments(ev)
     ev.add_argument("--split", type=Path, default=Path("runs/split.csv"))
     ev.add_argument("--part", default="test", choices=["train", "val", "test"])
     ev.add_argument("--out", type=Path, default=Path("runs/evaluation"))
@@ -368,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_evaluate)
     ex = verbs.add_parser("export", help="checkpoint -> model package (ONNX with calibration, ORT Mobile form)")
     ex.add_argument("--checkpoint", type=Path, default=Path("runs/train/best.pt"))
-    ex.add_argument("--data", type=Path, default=default_data_dir())
+    add_data_arguments(ex, metadata=False)
     ex.add_argument("--split", type=Path, default=Path("runs/split.csv"))
     ex.add_argument("--out", type=Path, default=Path("runs/package"))
     ex.add_argument("--threads", type=int, default=0)
@@ -376,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     qa = verbs.add_parser("qat", help="quantization-aware fine-tuning of a checkpoint (INT8 simulated)")
     qa.add_argument("--checkpoint", type=Path, default=Path("runs/train/best.pt"))
-    qa.add_argument("--data", type=Path, default=default_data_dir())
+    add_data_arguments(qa, metadata=False)
     qa.add_argument("--split", type=Path, default=Path("runs/split.csv"))
     qa.add_argument("--out", type=Path, default=Path("runs/qat"))
     qa.add_argument("--epochs", type=int, default=2)

@@ -1,7 +1,9 @@
-"""HAM10000-style data sets: read and validate the metadata and images, and split them by lesion.
+"""Image data sets: read and validate the metadata and images, and split them by lesion (or patient).
 
-Every later step (training, calibration, evaluation) reads the split CSV written here, so all of them
-agree on which lesions were never seen in training.
+HAM10000's folder layout and column names are the defaults; any folder of images plus a CSV with an image
+id, a group id and a diagnosis column (ISIC 2019/2020 exports) is described by a `DataSource`. Every later
+step (training, calibration, evaluation) reads the split CSV written here, in skinscan's own column names,
+so all of them agree on which lesions were never seen in training.
 """
 
 from __future__ import annotations
@@ -17,18 +19,56 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from skinscan.labels import LABEL_CODES, label_index
+from skinscan.labels import HAM10000, LabelSet
 from skinscan.preprocess import PreprocessConfig, preprocess
 
 METADATA_FILE = "HAM10000_metadata.csv"
 IMAGE_DIR = "images"
-REQUIRED_COLUMNS = ("lesion_id", "image_id", "dx")
+REQUIRED_COLUMNS = ("lesion_id", "image_id", "dx")  # skinscan's names for the group, image id and diagnosis
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 class DatasetError(Exception):
     """The data set folder or a split file cannot be used; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where a data set is and how its CSV names things.
+
+    `image_dir` holds one image per row (`<image id>.jpg|.jpeg|.png`); `metadata` is a CSV with one row per
+    image whose `id_column` is the image id, `group_column` the lesion (or patient) the image shows, which a
+    split never divides, and `label_column` the diagnosis code. The defaults are HAM10000's names; an ISIC
+    2019/2020 export plugs in by naming its folder, CSV and columns (`skinscan data split --images DIR
+    --metadata CSV --group-column ...`). Only validation and splitting read the metadata: the split CSV they
+    write uses skinscan's own column names (`image_id`, `lesion_id`, `dx`), which every later step reads.
+    """
+
+    image_dir: Path
+    metadata: Path
+    id_column: str = "image_id"
+    group_column: str = "lesion_id"
+    label_column: str = "dx"
+
+    @property
+    def columns(self) -> dict[str, str]:
+        """skinscan's column name -> this CSV's column name."""
+        return {"lesion_id": self.group_column, "image_id": self.id_column, "dx": self.label_column}
+
+
+def as_source(data: str | Path | DataSource) -> DataSource:
+    """A DataSource as given, or the one a folder describes.
+
+    A HAM10000-style folder has `images/` and `HAM10000_metadata.csv`; any other folder is taken as the
+    images folder itself (e.g. ISIC_2019_Training_Input), which is all that training, evaluation and export
+    need once the split CSV exists.
+    """
+    if isinstance(data, DataSource):
+        return data
+    folder = Path(data)
+    image_dir = folder / IMAGE_DIR if (folder / IMAGE_DIR).is_dir() else folder
+    return DataSource(image_dir=image_dir, metadata=folder / METADATA_FILE)
 
 
 def default_data_dir() -> Path:
@@ -43,31 +83,54 @@ def default_data_dir() -> Path:
     return candidates[0]
 
 
-def read_metadata(data_dir: str | Path) -> pd.DataFrame:
-    """Read `HAM10000_metadata.csv`; raise DatasetError if it is missing, unreadable or lacks columns."""
-    path = Path(data_dir) / METADATA_FILE
+COLUMN_OPTIONS = {"image_id": "the image id, --id-column", "lesion_id": "the lesion/patient group, --group-column",
+                  "dx": "the diagnosis, --label-column"}
+
+
+def read_metadata(data: str | Path | DataSource) -> pd.DataFrame:
+    """Read the metadata CSV into skinscan's column names (`lesion_id`, `image_id`, `dx`, then the others).
+
+    Raises DatasetError if the CSV is missing, unreadable or lacks one of the three columns.
+    """
+    source = as_source(data)
+    path = source.metadata
     if not path.is_file():
-        raise DatasetError(
-            f"no {METADATA_FILE} in {data_dir}; point --data at a HAM10000 folder "
-            "(or run `skinscan data download --out DIR`)"
-        )
+        if path.name == METADATA_FILE:
+            raise DatasetError(
+                f"no {METADATA_FILE} in {path.parent}; point --data at a HAM10000 folder, name another data set's "
+                "CSV with --metadata (and its images with --images), or run `skinscan data download --out DIR`"
+            )
+        raise DatasetError(f"no metadata CSV at {path}; pass the CSV with one row per image as --metadata")
+    columns = source.columns
     try:
-        metadata = pd.read_csv(path, dtype={"lesion_id": str, "image_id": str, "dx": str})
+        metadata = pd.read_csv(path, dtype=dict.fromkeys(columns.values(), str))
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as error:
         raise DatasetError(f"{path} is not a readable CSV ({error}); re-download or repair it") from None
-    missing = [column for column in REQUIRED_COLUMNS if column not in metadata.columns]
+    missing = [f"{column!r} ({COLUMN_OPTIONS[ours]})" for ours, column in columns.items()
+               if column not in metadata.columns]
     if missing:
         raise DatasetError(
-            f"{path} lacks the column(s) {', '.join(missing)}; expected at least {', '.join(REQUIRED_COLUMNS)}"
+            f"{path} lacks the column(s) {', '.join(missing)}; its columns are "
+            f"{', '.join(map(str, metadata.columns))}. Name the right ones with --id-column, --group-column and "
+            "--label-column"
         )
-    return metadata
+    # The same CSV column may serve two roles (e.g. --group-column image for data without lesion ids), and a
+    # CSV may have its own column called like one of ours (ISIC 2020's lesion_id when grouping by patient_id):
+    # build ours first, then keep every other column.
+    ours = pd.DataFrame({name: metadata[column] for name, column in columns.items()})
+    others = metadata.drop(columns=[c for c in {*columns.values(), *columns} if c in metadata.columns])
+    return pd.concat([ours, others], axis=1)
 
 
 @dataclass
 class ValidationReport:
-    """Everything wrong with a data set folder, gathered in one pass so the user sees it all at once."""
+    """Everything wrong with a data set, gathered in one pass so the user sees it all at once.
 
-    data_dir: Path
+    Problems are reported in the CSV's own column names (`source.columns`) and against `label_codes`.
+    """
+
+    source: DataSource
+    label_codes: tuple[str, ...] = HAM10000.codes
     n_rows: int = 0
     missing_images: list[str] = field(default_factory=list)
     extra_images: list[str] = field(default_factory=list)
@@ -87,19 +150,22 @@ class ValidationReport:
             shown = ", ".join(list(items)[:limit])
             return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
-        lines = [f"{self.data_dir}: {self.n_rows} metadata rows"]
+        source = self.source
+        lines = [f"{source.metadata}: {self.n_rows} metadata rows; images in {source.image_dir}"]
         problems = [
             (self.missing_images, "listed in the metadata but without an image file", "restore the images"),
             (self.extra_images, "image files not in the metadata", "remove them or add metadata rows"),
-            (self.duplicate_ids, "image_id(s) listed more than once", "keep one row per image"),
-            (self.conflicting_lesions, "lesion_id(s) with more than one diagnosis", "fix the dx column"),
+            (self.duplicate_ids, f"{source.id_column}(s) listed more than once", "keep one row per image"),
+            (self.conflicting_lesions, f"{source.group_column}(s) with more than one diagnosis",
+             f"fix the {source.label_column} column"),
         ]
         for items, what, todo in problems:
             if items:
                 lines.append(f"  {len(items)} {what}: {sample(items)} -> {todo}")
         if self.unknown_codes:
             codes = ", ".join(f"{code!r} x{count}" for code, count in self.unknown_codes.items())
-            lines.append(f"  unknown diagnosis codes: {codes} -> use one of {', '.join(LABEL_CODES)}")
+            lines.append(f"  unknown diagnosis codes in {source.label_column}: {codes} -> use one of "
+                         f"{', '.join(self.label_codes)}, or a label set that lists them (--labels FILE)")
         if self.empty_fields:
             fields = ", ".join(f"{column} x{count}" for column, count in self.empty_fields.items())
             lines.append(f"  empty required fields: {fields} -> fill them in")
@@ -111,14 +177,14 @@ class ValidationReport:
         return "\n".join(lines)
 
 
-def image_paths(data_dir: str | Path, image_ids: Sequence[str]) -> list[Path]:
-    """The image file of each id (JPEG or PNG, in `images/`)."""
-    image_dir = Path(data_dir) / IMAGE_DIR
+def image_paths(data: str | Path | DataSource, image_ids: Sequence[str]) -> list[Path]:
+    """The image file of each id (JPEG or PNG, in the data set's images folder)."""
+    image_dir = as_source(data).image_dir
     found = _image_files(image_dir)
     missing = [image_id for image_id in image_ids if image_id not in found]
     if missing:
-        raise DatasetError(f"{len(missing)} image(s) missing from {image_dir}, e.g. {missing[0]}; "
-                           "run `skinscan data validate` for the full list")
+        raise DatasetError(f"{len(missing)} image(s) missing from {image_dir}, e.g. {missing[0]}; point --images "
+                           "(or --data) at the folder that holds them; `skinscan data validate` lists them all")
     return [found[image_id] for image_id in image_ids]
 
 
@@ -141,43 +207,60 @@ def decode_images(paths: list[Path], config: PreprocessConfig, threads: int = 2,
     return images
 
 
-def load_split_images(data_dir: str | Path, split_csv: str | Path, part: str, config: PreprocessConfig,
-                      max_images: int = 0, seed: int = 0, threads: int = 2) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Decoded model inputs (uint8 N,H,W,3), label indices and image ids of one part of a split.
+def unknown_labels(codes: pd.Series, labels: LabelSet) -> dict[str, int]:
+    """{code: count} of the codes that are not in the label set (missing values are not counted)."""
+    unknown = codes[codes.notna() & ~codes.isin(labels.codes)].value_counts()
+    return {str(code): int(count) for code, count in unknown.items()}
+
+
+def require_known_labels(codes: pd.Series, labels: LabelSet, where: str) -> None:
+    """Raise DatasetError naming the codes outside the label set: a model cannot learn a class it lacks."""
+    unknown = unknown_labels(codes, labels)
+    if unknown:
+        shown = ", ".join(f"{code!r} x{count}" for code, count in list(unknown.items())[:10])
+        raise DatasetError(f"{where} has diagnoses outside the label set ({', '.join(labels.codes)}): {shown}; "
+                           "pass a label set that lists them (--labels FILE, or --labels isic2019) or drop those rows")
+
+
+def load_split_images(data_dir: str | Path | DataSource, split_csv: str | Path, part: str, config: PreprocessConfig,
+                      max_images: int = 0, seed: int = 0, threads: int = 2,
+                      labels: LabelSet = HAM10000) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Decoded model inputs (uint8 N,H,W,3), label indices (positions in `labels`) and image ids of one part.
 
     `max_images` > 0 takes a small class-stratified subset (at least 2 images of every class): for tests.
     """
     split = read_split(split_csv)
     rows = split[split.split == part]
+    require_known_labels(rows.dx, labels, f"the {part} part of {split_csv}")
     if max_images:
-        per_class = max(2, max_images // len(LABEL_CODES))
+        per_class = max(2, max_images // len(labels))
         rows = rows.groupby("dx").head(per_class) if rows.dx.value_counts().min() < per_class else \
             rows.groupby("dx").sample(n=per_class, replace=False, random_state=seed)
         rows = rows.sort_index()
     paths = image_paths(data_dir, rows.image_id.tolist())
     images = decode_images(paths, config, threads=threads, desc=f"decode {part}")
-    labels = np.array([label_index(dx) for dx in rows.dx], dtype=np.int64)
-    return images, labels, rows.image_id.tolist()
+    indices = np.array([labels.index(dx) for dx in rows.dx], dtype=np.int64)
+    return images, indices, rows.image_id.tolist()
 
 
-def validate_dataset(data_dir: str | Path, check_images: bool = True) -> ValidationReport:
-    """Check a data set folder: metadata columns and values, image files present and decodable."""
-    data_dir = Path(data_dir)
-    metadata = read_metadata(data_dir)
-    report = ValidationReport(data_dir=data_dir, n_rows=len(metadata))
+def validate_dataset(data: str | Path | DataSource, check_images: bool = True,
+                     labels: LabelSet = HAM10000) -> ValidationReport:
+    """Check a data set: metadata columns and values (diagnoses against `labels`), images present and decodable."""
+    source = as_source(data)
+    metadata = read_metadata(source)
+    report = ValidationReport(source=source, label_codes=labels.codes, n_rows=len(metadata))
     for column in REQUIRED_COLUMNS:
         empty = int(metadata[column].isna().sum() + (metadata[column].astype(str).str.strip() == "").sum())
         if empty:
-            report.empty_fields[column] = empty
+            report.empty_fields[source.columns[column]] = empty
     listed = set(metadata.image_id.dropna())  # rows with other empty fields still name their image
     metadata = metadata.dropna(subset=list(REQUIRED_COLUMNS))
     report.duplicate_ids = sorted(metadata.loc[metadata.image_id.duplicated(), "image_id"].unique())
-    unknown = metadata.loc[~metadata.dx.isin(LABEL_CODES), "dx"].value_counts()
-    report.unknown_codes = {str(code): int(count) for code, count in unknown.items()}
+    report.unknown_codes = unknown_labels(metadata.dx, labels)
     diagnoses_per_lesion = metadata.groupby("lesion_id").dx.nunique()
     report.conflicting_lesions = sorted(diagnoses_per_lesion.index[diagnoses_per_lesion > 1])
 
-    files = _image_files(data_dir / IMAGE_DIR)
+    files = _image_files(source.image_dir)
     report.missing_images = sorted(listed - set(files))
     report.extra_images = sorted(set(files) - listed)
     if check_images:
@@ -205,7 +288,8 @@ def lesion_grouped_split(
 ) -> pd.DataFrame:
     """Assign every image to train/val/test so that all images of a lesion land in the same part.
 
-    Stratified by diagnosis: each lesion has exactly one diagnosis, so within each diagnosis the lesions
+    `lesion_id` is the group column (`DataSource.group_column`: a lesion, or whatever unit must not be
+    divided). Stratified by diagnosis: each lesion has exactly one diagnosis, so within each diagnosis the lesions
     are shuffled (seeded) and handed out until each part holds its fraction of that diagnosis' images.
     Smaller parts are filled first so the rare classes (df, vasc) get their share in val and test.
     Returns `image_id, lesion_id, dx, split`, one row per image, in the metadata's order.

@@ -13,23 +13,31 @@ import pandas as pd
 import torch
 
 from skinscan.calibration import fit_temperature, negative_log_likelihood
-from skinscan.data import read_metadata, read_split, split_with_metadata
-from skinscan.labels import LABEL_CODES
+from skinscan.data import DataSource, as_source, read_metadata, read_split, split_with_metadata
 from skinscan.metrics import expected_calibration_error
 from skinscan.model import model_from_checkpoint
 from skinscan.preprocess import PreprocessConfig
 from skinscan.report import write_evaluation_report
-from skinscan.train import TrainConfig, load_checkpoint, load_split_data, predict_logits, softmax
+from skinscan.train import (
+    TrainConfig,
+    checkpoint_labels,
+    load_checkpoint,
+    load_split_data,
+    predict_logits,
+    softmax,
+)
 
 
-def checkpoint_logits(checkpoint_path: str | Path, data_dir: str | Path, split_csv: str | Path,
+def checkpoint_logits(checkpoint_path: str | Path, data_dir: str | Path | DataSource, split_csv: str | Path,
                       parts=("val", "test"), tta: bool = False, threads: int = 0) -> dict:
-    """Logits of the checkpoint's model for each part, with the labels and image ids."""
+    """Logits of the checkpoint's model for each part, with the labels (indices into the checkpoint's
+    label set) and image ids. `data_dir`: a HAM10000-style folder, a folder of images or a DataSource."""
     checkpoint = load_checkpoint(checkpoint_path)
     model = model_from_checkpoint(checkpoint)
     preprocess = PreprocessConfig.from_json(checkpoint["preprocess"])
-    config = TrainConfig(data_dir=str(data_dir), split_csv=str(split_csv), out_dir="", threads=threads,
-                         input_size=preprocess.size, resize=preprocess.resize)
+    config = TrainConfig(data_dir=str(as_source(data_dir).image_dir), split_csv=str(split_csv), out_dir="",
+                         threads=threads, input_size=preprocess.size, resize=preprocess.resize,
+                         label_set=checkpoint_labels(checkpoint).to_json())
     if threads:
         torch.set_num_threads(threads)
     data = load_split_data(config, parts=parts)
@@ -41,22 +49,29 @@ def evaluate_checkpoint(checkpoint_path, data_dir, split_csv, out_dir, part: str
                         threads: int = 0) -> dict:
     """Fit the temperature on val, then score `part` with calibrated probabilities; write the report.
 
-    Writes `predictions.csv` (image id, true label, calibrated probabilities) beside the report so the
-    numbers can be re-scored by anyone, e.g. with isic-challenge-scoring.
+    The labels, their names and the malignant ones are the checkpoint's. `data_dir` is a HAM10000-style
+    folder, a folder of images or a DataSource; where it has a metadata CSV, its other columns (age, sex,
+    site) give subgroup results. Writes `predictions.csv` (image id, true label, calibrated probabilities)
+    beside the report so the numbers can be re-scored by anyone, e.g. with isic-challenge-scoring.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     parts = ("val",) if part == "val" else ("val", part)
-    results = checkpoint_logits(checkpoint_path, data_dir, split_csv, parts=parts, tta=tta, threads=threads)
+    labels = checkpoint_labels(load_checkpoint(checkpoint_path))
+    source = as_source(data_dir)
+    results = checkpoint_logits(checkpoint_path, source, split_csv, parts=parts, tta=tta, threads=threads)
     val = results["val"]
     temperature = fit_temperature(val["logits"], val["labels"])
     scored = results[part]
     probabilities = softmax(scored["logits"] / temperature)
 
-    split = split_with_metadata(read_split(split_csv), read_metadata(data_dir)).set_index("image_id")
-    metadata = split.loc[scored["image_ids"]].reset_index()
-    metrics = write_evaluation_report(out_dir, scored["labels"], probabilities, list(LABEL_CODES), metadata=metadata,
-                                      title=f"skinscan evaluation: {Path(checkpoint_path)} on the {part} split")
+    split = read_split(split_csv)
+    if source.metadata.is_file():
+        split = split_with_metadata(split, read_metadata(source))
+    metadata = split.set_index("image_id").loc[scored["image_ids"]].reset_index()
+    metrics = write_evaluation_report(out_dir, scored["labels"], probabilities, list(labels.codes), metadata=metadata,
+                                      title=f"skinscan evaluation: {Path(checkpoint_path)} on the {part} split",
+                                      malignant=labels.malignant_codes, label_names=labels.names)
     calibration = {
         "temperature": temperature,
         "fitted_on": "val",
@@ -72,8 +87,8 @@ def evaluate_checkpoint(checkpoint_path, data_dir, split_csv, out_dir, part: str
         f.write("\n## Calibration (temperature scaling fitted on val)\n\n"
                 f"T = {temperature:.3f}; ECE {calibration['ece_before']:.3f} -> {calibration['ece_after']:.3f}; "
                 f"NLL {calibration['nll_before']:.3f} -> {calibration['nll_after']:.3f}\n")
-    predictions = pd.DataFrame(probabilities, columns=list(LABEL_CODES))
-    predictions.insert(0, "true", [LABEL_CODES[i] for i in scored["labels"]])
+    predictions = pd.DataFrame(probabilities, columns=list(labels.codes))
+    predictions.insert(0, "true", [labels.codes[i] for i in scored["labels"]])
     predictions.insert(0, "image_id", scored["image_ids"])
     predictions.to_csv(out_dir / "predictions.csv", index=False, float_format="%.6f")
     np.save(out_dir / "logits.npy", scored["logits"])

@@ -23,7 +23,7 @@ from torch import nn
 from skinscan import __version__
 from skinscan.assess import ASSESS
 from skinscan.gate import SCORES, LesionDistance, feature_statistics, gate_dims, gate_statistics, image_quality
-from skinscan.labels import DIAGNOSES, LABEL_CODES
+from skinscan.labels import HAM10000, LabelSet
 from skinscan.model import SkinLesionNet
 from skinscan.ort_mobile import convert_to_ort
 from skinscan.preprocess import PreprocessConfig
@@ -136,12 +136,16 @@ def head_backward(head: nn.Sequential, inputs: list[torch.Tensor], target: torch
 
 
 def package_metadata(preprocess: PreprocessConfig, model_info: dict, temperature: float,
-                     thresholds: dict | None = None, extra: dict | None = None) -> dict[str, str]:
-    """The `metadata_props` of the contract: every value a JSON string a client can parse."""
+                     thresholds: dict | None = None, extra: dict | None = None,
+                     labels: LabelSet = HAM10000) -> dict[str, str]:
+    """The `metadata_props` of the contract: every value a JSON string a client can parse.
+
+    `labels`: the model's label set (the checkpoint's), which clients read instead of assuming HAM10000's.
+    """
     values = {
-        "skinscan.labels": list(LABEL_CODES),
-        "skinscan.label_names": {d.code: d.name for d in DIAGNOSES},
-        "skinscan.malignant": [d.code for d in DIAGNOSES if d.malignant],
+        "skinscan.labels": list(labels.codes),
+        "skinscan.label_names": labels.names,
+        "skinscan.malignant": list(labels.malignant_codes),
         "skinscan.preprocess": preprocess.to_json(),
         "skinscan.input": {"name": INPUT_NAME, "dtype": "uint8", "layout": "NHWC", "channels": "RGB",
                            "normalisation": "inside the graph"},
@@ -204,12 +208,13 @@ def torch_probabilities(model: SkinLesionNet, images_uint8_nhwc: np.ndarray, tem
         return PackagedModel(model, temperature)(torch.from_numpy(images_uint8_nhwc))[0].numpy()
 
 
-def malignant_threshold(probabilities: np.ndarray, labels: np.ndarray, min_sensitivity: float = 0.90) -> dict:
+def malignant_threshold(probabilities: np.ndarray, labels: np.ndarray, min_sensitivity: float = 0.90,
+                        label_set: LabelSet = HAM10000) -> dict:
     """The highest threshold on P(malignant) that still flags `min_sensitivity` of malignant val images.
 
     Screening favours sensitivity: a missed melanoma costs far more than an unnecessary check-up.
     """
-    malignant = np.array([d.malignant for d in DIAGNOSES])
+    malignant = np.array([d.malignant for d in label_set.diagnoses])
     score = probabilities[:, malignant].sum(1)
     is_malignant = malignant[labels]
     if not is_malignant.any():
@@ -220,8 +225,8 @@ def malignant_threshold(probabilities: np.ndarray, labels: np.ndarray, min_sensi
     flagged = score >= threshold
     return {
         "malignant": threshold,
-        "malignant_rule": f"flag when P(akiec)+P(bcc)+P(mel) >= threshold; chosen on val for >= {min_sensitivity:.0%} "
-                          "sensitivity",
+        "malignant_rule": f"flag when {'+'.join(f'P({code})' for code in label_set.malignant_codes)} >= threshold; "
+                          f"chosen on val for >= {min_sensitivity:.0%} sensitivity",
         "malignant_val_sensitivity": float(flagged[is_malignant].mean()),
         "malignant_val_specificity": float((~flagged[~is_malignant]).mean()),
     }
@@ -264,28 +269,35 @@ def build_package(checkpoint_path: str | Path, data_dir: str | Path, split_csv: 
     """
     from skinscan.assess import choose_thresholds
     from skinscan.calibration import fit_temperature
+    from skinscan.data import as_source
     from skinscan.manifest import write_manifest
     from skinscan.model import model_from_checkpoint
-    from skinscan.train import TrainConfig, load_checkpoint, load_split_data, predict_logits, softmax
+    from skinscan.train import TrainConfig, checkpoint_labels, load_checkpoint, load_split_data, predict_logits, softmax
 
     out_dir = Path(out_dir)
     checkpoint = load_checkpoint(checkpoint_path)
     model = model_from_checkpoint(checkpoint).cpu().float().eval()
     preprocess = PreprocessConfig.from_json(checkpoint["preprocess"])
+    labels = checkpoint_labels(checkpoint)
     if threads:
         torch.set_num_threads(threads)
-    config = TrainConfig(data_dir=str(data_dir), split_csv=str(split_csv), out_dir="", threads=threads,
-                         input_size=preprocess.size, resize=preprocess.resize)
+    config = TrainConfig(data_dir=str(as_source(data_dir).image_dir), split_csv=str(split_csv), out_dir="",
+                         threads=threads, input_size=preprocess.size, resize=preprocess.resize,
+                         label_set=labels.to_json())
     data = load_split_data(config, parts=("train", "val"))
     val_logits, val_labels = predict_logits(model, data["val"].images), data["val"].labels.numpy()
     temperature = fit_temperature(val_logits, val_labels)
-    thresholds = malignant_threshold(softmax(val_logits / temperature), val_labels)
+    thresholds = malignant_threshold(softmax(val_logits / temperature), val_labels, label_set=labels)
     gate = fit_gate(model, data["train"].images)
     wrapped = PackagedModel(model, temperature, cam=False, gate=gate).eval()
     assess_spec = choose_thresholds(packaged_outputs(wrapped, data["val"].images)[ASSESS])
     model_info = {**checkpoint["model_config"], "epoch": checkpoint["epoch_metrics"]["epoch"],
                   "val_balanced_accuracy": checkpoint["epoch_metrics"]["val_balanced_accuracy"]}
-    metadata = package_metadata(preprocess, model_info, temperature, thresholds, {"skinscan.assess": assess_spec})
+    training_data = TRAINING_DATA if labels == HAM10000 else (
+        f"the train part of the split {Path(split_csv).name}; labels {', '.join(labels.codes)}")
+    metadata = package_metadata(preprocess, model_info, temperature, thresholds,
+                                extra={"skinscan.training_data": training_data, "skinscan.assess": assess_spec},
+                                labels=labels)
     onnx_path = export_onnx(model, preprocess, out_dir / "skinscan.onnx", temperature, metadata, cam=True, gate=gate)
     convert_to_ort(onnx_path)
     write_manifest(out_dir)

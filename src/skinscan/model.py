@@ -155,8 +155,25 @@ def create_model(
     return model
 
 
+# What wrappers put in front of the network's own state_dict keys: torch.compile's OptimizedModule, DDP.
+WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+
+
+def unwrapped_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The plain network's state_dict: keys saved through a `torch.compile` or DDP wrapper lose its prefix.
+
+    skinscan's own training saves the unwrapped module, so this only matters for checkpoints made elsewhere
+    (e.g. `torch.save(torch.compile(model).state_dict())`); our own keys never start with these prefixes.
+    """
+    def plain(key: str) -> str:
+        while key.startswith(WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
+        return key
+    return {plain(key): value for key, value in state_dict.items()}
+
+
 def model_from_checkpoint(checkpoint: dict) -> SkinLesionNet:
     """Rebuild the model saved by training (`{"model_config": ..., "model": state_dict, ...}`)."""
     model = SkinLesionNet(ModelConfig.from_json(checkpoint["model_config"]))
-    model.load_state_dict(checkpoint["model"])
+    model.load_state_dict(unwrapped_state_dict(checkpoint["model"]))
     return model.eval()

@@ -97,6 +97,7 @@ def quantization_aware_finetune(checkpoint_path: str | Path, out_dir: str | Path
     from skinscan.model import model_from_checkpoint
     from skinscan.train import (
         TrainConfig,
+        checkpoint_labels,
         learning_rate_schedule,
         load_checkpoint,
         load_split_data,
@@ -118,6 +119,7 @@ def quantization_aware_finetune(checkpoint_path: str | Path, out_dir: str | Path
         values["data_dir"] = str(data_dir)
     if split_csv is not None:
         values["split_csv"] = str(split_csv)
+    values["label_set"] = checkpoint_labels(checkpoint).to_json()  # the labels the model predicts
     config = TrainConfig.from_json(values)
     torch.set_num_threads(threads or os.cpu_count() or 1)
     device = select_device(config.device)
@@ -127,7 +129,8 @@ def quantization_aware_finetune(checkpoint_path: str | Path, out_dir: str | Path
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay)
     steps = epochs * (len(data["train"].labels) // config.batch_size)
     scheduler = learning_rate_schedule(optimizer, 0, 0, steps)
-    log_prior = torch.log(sampling_weights(data["train"].labels, config.sampling_power)[1]).to(device)
+    num_classes = model.config.num_classes
+    log_prior = torch.log(sampling_weights(data["train"].labels, config.sampling_power, num_classes)[1]).to(device)
 
     def evaluate() -> dict:
         return validation_metrics(data["val"].labels.numpy(), predict_logits(model, data["val"].images, device=device))
@@ -150,6 +153,7 @@ def quantization_aware_finetune(checkpoint_path: str | Path, out_dir: str | Path
     path = out_dir / "best.pt"
     save_checkpoint({"model_config": model.config.to_json(), "model": model.state_dict(),
                      "preprocess": checkpoint["preprocess"], "labels": checkpoint["labels"],
+                     "label_set": checkpoint_labels(checkpoint).to_json(),
                      "epoch_metrics": {**best, "qat_from": str(checkpoint_path),
                                        "epoch": checkpoint["epoch_metrics"]["epoch"]},
                      "train_config": config.to_json()}, path)

@@ -45,7 +45,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from skinscan.assess import ASSESS
 from skinscan.data import load_split_images
-from skinscan.labels import LABEL_CODES
+from skinscan.labels import HAM10000, LabelSet
 from skinscan.manifest import verify_file, write_manifest
 from skinscan.metrics import classification_metrics
 from skinscan.ort_mobile import convert_to_ort
@@ -473,12 +473,12 @@ def refit_gate_thresholds(int8_path: Path, val_images: np.ndarray) -> dict:
 
 # --------------------------------------------------------------------------------------- package step
 def sample_calibration_images(data_dir: str | Path, split_csv: str | Path, config: PreprocessConfig,
-                              count: int = 256, seed: int = 0) -> np.ndarray:
+                              count: int = 256, seed: int = 0, labels: LabelSet = HAM10000) -> np.ndarray:
     """`count` training-split images, class-stratified (each class gets its share, rare ones at least a few).
 
     Calibration only sees training images: never the val/test images the report scores.
     """
-    return load_split_images(data_dir, split_csv, "train", config, max_images=count, seed=seed)[0]
+    return load_split_images(data_dir, split_csv, "train", config, max_images=count, seed=seed, labels=labels)[0]
 
 
 def session(path: str | Path | bytes, threads: int = 1) -> ort.InferenceSession:
@@ -498,8 +498,12 @@ def onnx_probabilities(path: str | Path, images: np.ndarray, batch_size: int = 6
 
 
 def compare_precisions(fp32_path: Path, int8_path: Path, images: np.ndarray, labels: np.ndarray,
-                       latency_iterations: int = 200) -> dict:
-    """Accuracy of both graphs on the same images, their agreement, sizes and 1-thread batch-1 latency."""
+                       latency_iterations: int = 200, codes: list[str] | None = None) -> dict:
+    """Accuracy of both graphs on the same images, their agreement, sizes and 1-thread batch-1 latency.
+
+    codes: the models' label codes in output order (default HAM10000's); labels index into them.
+    """
+    codes = list(codes or HAM10000.codes)
     from skinscan.benchmark import compare_latency
 
     fp32 = onnx_probabilities(fp32_path, images)
@@ -507,9 +511,10 @@ def compare_precisions(fp32_path: Path, int8_path: Path, images: np.ndarray, lab
     result = {"images": int(len(labels)), "top1_agreement": float((fp32.argmax(1) == int8.argmax(1)).mean()),
               "max_probability_difference": float(np.abs(fp32 - int8).max())}
     for name, probabilities in (("fp32", fp32), ("int8", int8)):
-        metrics = classification_metrics(labels, probabilities, list(LABEL_CODES), n_bootstrap=0)
+        metrics = classification_metrics(labels, probabilities, codes, n_bootstrap=0)
+        melanoma = metrics["per_class"].get("mel", {}).get("sensitivity")  # None for label sets without `mel`
         result[name] = {"balanced_accuracy": metrics["balanced_accuracy"], "macro_auc": metrics["macro_auc"],
-                        "melanoma_sensitivity": metrics["per_class"]["mel"]["sensitivity"],
+                        "melanoma_sensitivity": melanoma,
                         "megabytes": Path(fp32_path if name == "fp32" else int8_path).stat().st_size / 1e6}
     result["balanced_accuracy_drop_points"] = 100 * (result["fp32"]["balanced_accuracy"]
                                                      - result["int8"]["balanced_accuracy"])
@@ -530,14 +535,17 @@ def quantize_package(package_dir: str | Path, data_dir: str | Path, split_csv: s
     verify_file(package_dir, FP32_FILE)
     metadata = {p.key: json.loads(p.value) for p in onnx.load(str(fp32_path)).metadata_props}
     config = PreprocessConfig.from_json(metadata["skinscan.preprocess"])
-    calibration = sample_calibration_images(data_dir, split_csv, config, calibration_count, seed)
+    label_set = LabelSet.from_metadata(metadata)
+    calibration = sample_calibration_images(data_dir, split_csv, config, calibration_count, seed, label_set)
     float_blocks = FLOAT_BLOCKS if float_blocks is None else float_blocks
     settings = quantize_package_model(fp32_path, int8_path, calibration, calibrate_method=calibrate_method,
                                       graph_edits=graph_edits, float_blocks=float_blocks)
     if "skinscan.assess" in metadata:
-        settings["assess"] = refit_gate_thresholds(int8_path, load_split_images(data_dir, split_csv, "val", config)[0])
-    images, labels, _ = load_split_images(data_dir, split_csv, part, config)
-    report = {"settings": settings, "evaluated_on": part, **compare_precisions(fp32_path, int8_path, images, labels)}
+        val_images = load_split_images(data_dir, split_csv, "val", config, labels=label_set)[0]
+        settings["assess"] = refit_gate_thresholds(int8_path, val_images)
+    images, labels, _ = load_split_images(data_dir, split_csv, part, config, labels=label_set)
+    report = {"settings": settings, "evaluated_on": part,
+              **compare_precisions(fp32_path, int8_path, images, labels, codes=list(label_set.codes))}
     (package_dir / "quantization.json").write_text(json.dumps(report, indent=2))
     convert_to_ort(int8_path)  # the ORT Mobile form for native apps' reduced runtimes
     write_manifest(package_dir)

@@ -46,6 +46,7 @@ def write_evaluation_report(
     title: str = "skinscan evaluation report",
     *,
     malignant: Sequence[str] = MALIGNANT_CODES,
+    label_names: dict[str, str] | None = None,
     min_subgroup_count: int = 20,
     n_bootstrap: int = 1000,
     seed: int = 0,
@@ -54,7 +55,8 @@ def write_evaluation_report(
 
     ``metadata`` (optional) is row-aligned with ``y_true``; its ``sex``, ``age`` and ``localization``
     columns, where present, give subgroup tables, and a ``lesion_id`` column makes the bootstrap resample
-    whole lesions. Returns the metrics dict written to metrics.json.
+    whole lesions. ``malignant`` and ``label_names`` (code -> name) come from the model's label set;
+    without names, HAM10000's are used. Returns the metrics dict written to metrics.json.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -72,6 +74,8 @@ def write_evaluation_report(
         for name, groups in subgroup_columns(metadata).items()
     }
     metrics["subgroup_min_count"] = min_subgroup_count
+    if label_names is not None:
+        metrics["label_names"] = {code: label_names.get(code, "") for code in labels}
 
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     plot_confusion_matrix(np.asarray(metrics["confusion_matrix"]), labels, out_dir / "confusion_matrix.png")
@@ -270,7 +274,7 @@ def _headline_section(metrics: dict) -> str:
 def _per_class_section(metrics: dict) -> str:
     rows = []
     for code, m in metrics["per_class"].items():
-        name = LABEL_NAMES.get(code, "")
+        name = metrics.get("label_names", LABEL_NAMES).get(code, "")
         rows.append(
             [
                 code,

@@ -10,10 +10,18 @@ Why this recipe (the bar: a plain fine-tune peaks at ~0.72 validation balanced a
 - an exponential moving average of the weights smooths the noisy late epochs that made the plain recipe
   drift, and it is the EMA model that is evaluated, selected and exported;
 - augmentation suited to dermoscopy (any rotation, flips, zoom, colour) in one batched affine op.
+
+The diagnoses are data (`TrainConfig.label_set`, HAM10000's seven by default, any `--labels FILE`); the
+checkpoint carries them, so evaluation and export use the labels the model was trained with.
+
+On a GPU (see the README's "Training at scale"): bf16 autocast (fp16 with loss scaling where bf16 is
+missing), batches copied through pinned memory without blocking the host, the host synchronising with the
+GPU only every `SYNC_EVERY` steps, and opt-in `torch.compile` (`--compile`, `compile_for_training`).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -33,13 +41,14 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from skinscan import distributed
-from skinscan.augment import AugmentConfig, augment_batch, to_model_input
+from skinscan.augment import AugmentConfig, augment_batch, to_device, to_model_input
 from skinscan.data import load_split_images
-from skinscan.labels import LABEL_CODES
+from skinscan.labels import HAM10000, LabelSet
 from skinscan.model import create_model, model_from_checkpoint
 from skinscan.preprocess import PreprocessConfig
 
 log = logging.getLogger("skinscan.train")
+SYNC_EVERY = 25  # steps between the host reading the loss back from the device (each read waits for the GPU)
 
 
 @dataclass
@@ -68,6 +77,12 @@ class TrainConfig:
     threads: int = 0                           # 0 = all cores
     device: str = "auto"
     max_images: int = 0                        # >0: use a per-split subset (tests, smoke runs)
+    label_set: list[dict] = field(default_factory=HAM10000.to_json)  # the diagnoses in output order (LabelSet)
+    compile: str | None = None                 # torch.compile backend for training steps, e.g. "inductor"; None: eager
+
+    @property
+    def labels(self) -> LabelSet:
+        return LabelSet.from_json(self.label_set, "the run's label set")
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -96,18 +111,18 @@ def load_split_data(config: TrainConfig, parts=("train", "val")) -> dict[str, Sp
     for part in parts:
         images, labels, image_ids = load_split_images(config.data_dir, config.split_csv, part, preprocess_config,
                                                       max_images=config.max_images, seed=config.seed,
-                                                      threads=_threads(config))
+                                                      threads=_threads(config), labels=config.labels)
         result[part] = SplitData(torch.from_numpy(images), torch.from_numpy(labels), image_ids)
     return result
 
 
-def class_counts(labels: torch.Tensor, num_classes: int = len(LABEL_CODES)) -> torch.Tensor:
+def class_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return torch.bincount(labels, minlength=num_classes).float()
 
 
-def sampling_weights(labels: torch.Tensor, power: float) -> tuple[torch.Tensor, torch.Tensor]:
+def sampling_weights(labels: torch.Tensor, power: float, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image sampling weights ~ n_c^-power, and the class prior those weights produce."""
-    counts = class_counts(labels).clamp(min=1)
+    counts = class_counts(labels, num_classes).clamp(min=1)
     class_weight = counts.pow(-power)
     sampled_prior = counts * class_weight
     return class_weight[labels], sampled_prior / sampled_prior.sum()
@@ -126,12 +141,43 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 on GPUs that have it, else fp16; None (full precision) on the CPU, where bf16 is slower."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def autocast(device: torch.device):
-    """bf16 mixed precision on GPUs that have it; full precision on the CPU (bf16 is slower there)."""
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return torch.autocast("cpu", enabled=False)
+    """Mixed precision at `autocast_dtype(device)`; a no-op on the CPU."""
+    dtype = autocast_dtype(device)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 autocast (small fp16 gradients underflow to zero without it); disabled otherwise:
+    bf16 has fp32's range and needs none."""
+    return torch.amp.GradScaler(device.type, enabled=autocast_dtype(device) == torch.float16)
+
+
+def compile_for_training(model: nn.Module, backend: str = "inductor") -> nn.Module:
+    """`torch.compile` the network in place (`nn.Module.compile`), for the training steps.
+
+    When it helps: long GPU runs. MobileNets are many small, memory-bound kernels (depthwise convolutions,
+    hardswish, squeeze-excite, BatchNorm), and compiling fuses the element-wise ones; see
+    `benchmarks/gpu_train_throughput.py` for the measured gain on a given GPU. Why it is off by default:
+    compiling takes minutes (the first step of a MobileNetV3-Small took 197 s on our 2-core CPU), and it
+    recompiles once when the backbone unfreezes (the set of parameters that need gradients changes), which
+    dominates short and CPU runs.
+
+    Compiling in place keeps `model` the ordinary module: its state_dict keys have no `_orig_mod.` prefix,
+    so checkpoints load in the eager exporter; the EMA copy (made before), the optimizer and the DDP
+    wrapping that is redone at the unfreeze all see the same parameters. Validation runs the EMA model
+    eagerly. Under DDP the compiled network is one graph, so gradients are all-reduced after its backward
+    rather than overlapped with it: no loss for a 2.5M-parameter MobileNet.
+    """
+    model.compile(backend=backend)
+    return model
 
 
 def build_optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
@@ -146,12 +192,32 @@ def build_optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
-def ema_update(decay: float):
-    """EMA step with the usual ramp: early on the average follows the model closely (decay ~ n/(n+10))."""
-    def update(averaged: torch.Tensor, current: torch.Tensor, n_averaged: torch.Tensor) -> torch.Tensor:
-        rate = 1.0 - min(decay, (1.0 + float(n_averaged)) / (10.0 + float(n_averaged)))
-        return averaged + (current - averaged) * rate
-    return update
+class ExponentialMovingAverage(AveragedModel):
+    """EMA of the weights and BatchNorm statistics with the usual ramp: early on the average follows the model
+    closely (decay ~ (1+n)/(10+n), capped at `decay`); integer buffers (BatchNorm's batch counter) are copied.
+
+    Why not AveragedModel with an `avg_fn`: that hands the step count to the function as a device tensor, and
+    reading it (once per tensor, every step) makes the host wait for the GPU. Here the count stays on the host
+    (AveragedModel keeps `n_averaged` there when given no device) and one fused `_foreach_lerp_` (as timm's
+    ModelEmaV3) updates every tensor. The state_dict is AveragedModel's (`module.*`, `n_averaged`).
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        super().__init__(model, use_buffers=True)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update_parameters(self, model: nn.Module) -> None:
+        n = int(self.n_averaged)
+        rate = 1.0 if n == 0 else 1.0 - min(self.decay, (1.0 + n) / (10.0 + n))
+        pairs = list(zip(itertools.chain(self.module.parameters(), self.module.buffers()),
+                         itertools.chain(model.parameters(), model.buffers()), strict=True))
+        floats = [(averaged, current) for averaged, current in pairs if averaged.is_floating_point()]
+        torch._foreach_lerp_([a for a, _ in floats], [c.detach() for _, c in floats], rate)
+        for averaged, current in pairs:
+            if not averaged.is_floating_point():
+                averaged.copy_(current)
+        self.n_averaged += 1
 
 
 def learning_rate_schedule(optimizer, frozen_steps: int, warmup_steps: int, total_steps: int):
@@ -176,18 +242,22 @@ def set_backbone_trainable(model, trainable: bool) -> None:
 def train_one_epoch(model, ema, data: SplitData, optimizer, scheduler, config: TrainConfig,
                     epoch: int, log_prior: torch.Tensor, device: torch.device,
                     prepare: Callable[[nn.Module], None] | None = None, label: str | None = None,
-                    context: distributed.Context = distributed.SINGLE_PROCESS) -> dict:
+                    context: distributed.Context = distributed.SINGLE_PROCESS,
+                    scaler: torch.amp.GradScaler | None = None) -> dict:
     """One pass of `len(train)` square-root-balanced samples; returns mean loss and accuracy.
 
     `ema` may be None (no weight averaging); `prepare(model)` runs after `model.train()` (e.g. to freeze
     BatchNorm statistics for quantization-aware fine-tuning); `label` names the progress bar. Under
     torchrun (`context`), `model` is the DDP-wrapped network and this process trains on every
-    world_size-th sample of each global batch (`skinscan.distributed`).
+    world_size-th sample of each global batch (`skinscan.distributed`). `scaler` scales the loss for fp16
+    autocast (`grad_scaler`). The running loss stays on the device and is read back every `SYNC_EVERY`
+    steps, so a GPU is not made to wait for the host at every step.
     """
     model.train()
     if prepare is not None:
         prepare(model)
-    weights, _ = sampling_weights(data.labels, config.sampling_power)
+    scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
+    weights, _ = sampling_weights(data.labels, config.sampling_power, len(log_prior))
     # Every random draw of the epoch (sampling, augmentation, dropout) is seeded from (seed, epoch), so a
     # resumed run replays exactly the epochs an uninterrupted run would have.
     # The order is the same in every process; augmentation and dropout draws differ per process.
@@ -197,30 +267,33 @@ def train_one_epoch(model, ema, data: SplitData, optimizer, scheduler, config: T
     augment_generator = generator if context.is_main else torch.Generator().manual_seed(
         config.seed * 1000 + epoch + 7919 * context.rank)
     n_batches = len(order) // config.batch_size
-    total_loss, correct, seen = 0.0, 0, 0
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # summed loss and correct predictions
+    total_loss, correct, seen = 0.0, 0.0, 0
     bar = tqdm(range(n_batches), desc=label or f"epoch {epoch}", unit="batch", leave=False,
                disable=not context.is_main)
     for b in bar:
         index = distributed.shard(context, order[b * config.batch_size:(b + 1) * config.batch_size])
-        images = augment_batch(data.images[index].to(device, non_blocking=True), config.augment, augment_generator)
-        labels = data.labels[index].to(device)
+        images = augment_batch(to_device(data.images[index], device), config.augment, augment_generator)
+        labels = to_device(data.labels[index], device)
         with autocast(device):
             logits = model(images)
         loss = F.cross_entropy(logits.float() + config.logit_adjustment * log_prior, labels,
                                label_smoothing=config.label_smoothing)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the loss became {loss.item()} at epoch {epoch}, batch {b}; "
-                                     "lower --lr or check the input data")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
         if ema is not None:
             ema.update_parameters(getattr(model, "module", model))  # the network inside a DDP wrapper
-        total_loss += loss.item() * len(index)
-        correct += (logits.argmax(1) == labels).sum().item()
+        sums += torch.stack([loss.detach().double() * len(index), (logits.argmax(1) == labels).sum().double()])
         seen += len(index)
-        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+        if (b + 1) % SYNC_EVERY == 0 or b + 1 == n_batches:
+            total_loss, correct = sums.tolist()
+            if not math.isfinite(total_loss):
+                raise FloatingPointError(f"the loss became {total_loss} by epoch {epoch}, batch {b}; "
+                                         "lower --lr or check the input data")
+            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
     total_loss, correct, seen = distributed.sum_over_processes(context, [total_loss, correct, seen])
     return {"train_loss": total_loss / max(1, seen), "train_accuracy": correct / max(1, seen)}
 
@@ -232,7 +305,7 @@ def predict_logits(model, images: torch.Tensor, batch_size: int = 128, device=No
     model.eval()
     outputs = []
     for start in range(0, len(images), batch_size):
-        batch = to_model_input(images[start:start + batch_size].to(device))
+        batch = to_model_input(to_device(images[start:start + batch_size], device))
         with autocast(device):
             if tta:
                 views = [batch, batch.flip(3), batch.flip(2), batch.flip(2).flip(3)]
@@ -240,7 +313,7 @@ def predict_logits(model, images: torch.Tensor, batch_size: int = 128, device=No
             else:
                 logits = model(batch).float()
         outputs.append(logits.cpu())
-    return torch.cat(outputs).numpy() if outputs else np.zeros((0, len(LABEL_CODES)), np.float32)
+    return torch.cat(outputs).numpy() if outputs else np.zeros((0, model.config.num_classes), np.float32)
 
 
 def validation_metrics(labels: np.ndarray, logits: np.ndarray) -> dict:
@@ -282,6 +355,19 @@ def load_checkpoint(path: str | Path) -> dict:
 def load_model(path: str | Path):
     """The model (EMA weights) of a training checkpoint, ready for evaluation or export."""
     return model_from_checkpoint(load_checkpoint(path))
+
+
+def checkpoint_labels(checkpoint: dict) -> LabelSet:
+    """The label set a checkpoint's model predicts, in output order.
+
+    Checkpoints from before label sets were data carry only the codes (`labels`): HAM10000's.
+    """
+    if "label_set" in checkpoint:
+        return LabelSet.from_json(checkpoint["label_set"], "the checkpoint's label set")
+    if list(checkpoint.get("labels", HAM10000.codes)) != list(HAM10000.codes):
+        raise ValueError(f"the checkpoint's labels {checkpoint['labels']} are not HAM10000's and it carries no "
+                         "label set (names, malignancy); re-train it with --labels FILE")
+    return HAM10000
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -337,16 +423,19 @@ def _train(config: TrainConfig, out_dir: Path, last_path: Path, best_path: Path,
     log.info("decoded %s images in %.0fs on %s%s", {k: len(v.labels) for k, v in data.items()},
              time.time() - start, device, f" x {context.world_size} processes" if context.enabled else "")
 
-    model = create_model(config.arch, config.pretrained if checkpoint is None else None,
+    labels = config.labels
+    log.info("%d labels: %s", len(labels), ", ".join(labels.codes))
+    model = create_model(config.arch, config.pretrained if checkpoint is None else None, num_classes=len(labels),
                          dropout=config.dropout).to(device, memory_format=torch.channels_last)
-    ema = AveragedModel(model, avg_fn=ema_update(config.ema_decay), use_buffers=True)
+    ema = ExponentialMovingAverage(model, config.ema_decay)
     optimizer = build_optimizer(model, config)
     total_epochs = config.warmup_epochs + config.epochs
     steps_per_epoch = len(data["train"].labels) // config.batch_size
     scheduler = learning_rate_schedule(optimizer, config.warmup_epochs * steps_per_epoch, config.warmup_steps,
                                        total_epochs * steps_per_epoch)
-    _, sampled_prior = sampling_weights(data["train"].labels, config.sampling_power)
+    _, sampled_prior = sampling_weights(data["train"].labels, config.sampling_power, len(labels))
     log_prior = torch.log(sampled_prior).to(device)
+    scaler = grad_scaler(device)
 
     first_epoch, best = 1, {"val_balanced_accuracy": -1.0}
     if checkpoint is not None:
@@ -354,7 +443,11 @@ def _train(config: TrainConfig, out_dir: Path, last_path: Path, best_path: Path,
         ema.load_state_dict(checkpoint["ema"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
+        if checkpoint.get("scaler"):  # empty when saved by a disabled (not fp16) scaler
+            scaler.load_state_dict(checkpoint["scaler"])
         first_epoch, best = checkpoint["epoch"] + 1, checkpoint["best"]
+    if config.compile:
+        compile_for_training(model, config.compile)  # after the EMA copy and the resumed weights; see its docstring
 
     trained, wrapped_phase = model, None
     for epoch in range(first_epoch, total_epochs + 1):
@@ -366,7 +459,7 @@ def _train(config: TrainConfig, out_dir: Path, last_path: Path, best_path: Path,
                 model, device_ids=[device.index] if device.type == "cuda" else None), warming_up
         epoch_start = time.time()
         stats = train_one_epoch(trained, ema, data["train"], optimizer, scheduler,
-                                config, epoch, log_prior, device, context=context)
+                                config, epoch, log_prior, device, context=context, scaler=scaler)
         val_logits = distributed.gather_shards(
             context, predict_logits(ema.module, distributed.shard(context, data["val"].images), device=device),
             len(data["val"].labels))
@@ -383,7 +476,7 @@ def _train(config: TrainConfig, out_dir: Path, last_path: Path, best_path: Path,
                 save_checkpoint(_export_state(ema.module, config, row), best_path)
             save_checkpoint({"epoch": epoch, "train_config": config.to_json(), "train_model": model.state_dict(),
                              "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict(), "best": best,
+                             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "best": best,
                              **_export_state(ema.module, config, row)}, last_path)
         distributed.barrier(context)
         message = (f"epoch {epoch}/{total_epochs} {row['phase']}: loss {row['train_loss']:.3f}  "
@@ -401,4 +494,5 @@ def _export_state(model, config: TrainConfig, row: dict) -> dict:
     """What export/evaluate need: the model config + weights and the preprocessing rule."""
     return {"model_config": model.config.to_json(), "model": model.state_dict(),
             "preprocess": PreprocessConfig(tuple(config.input_size), config.resize).to_json(),
-            "labels": list(LABEL_CODES), "epoch_metrics": row, "train_config": config.to_json()}
+            "labels": list(config.labels.codes), "label_set": config.label_set, "epoch_metrics": row,
+            "train_config": config.to_json()}
