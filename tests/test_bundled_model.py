@@ -18,7 +18,7 @@ from skinscan.manifest import read_manifest, sha256_file
 from skinscan.runtime import FP32_FILE, INT8_FILE, Classifier, bundled_package_dir
 
 SHIPPED_FILES = (FP32_FILE, INT8_FILE, "skinscan-int8.ort", "skinscan-int8.required_operators.config",
-                 "quantization.json", "MODEL_CARD.md")
+                 "quantization.json", "gate.json", "MODEL_CARD.md")
 
 
 def test_bundled_package_is_complete_and_intact():
@@ -29,7 +29,9 @@ def test_bundled_package_is_complete_and_intact():
         assert sha256_file(package_dir / name) == manifest["files"][name]["sha256"], f"{name} differs from manifest"
     assert (package_dir / INT8_FILE).stat().st_size <= 2 * 1024 * 1024, "the INT8 model must stay within 2 MB"
     card = (package_dir / "MODEL_CARD.md").read_text()
-    for needed in ("not a diagnosis", "CC BY-NC-SA 4.0", "scripts/reproduce.sh", "Balanced accuracy"):
+    for needed in ("not a diagnosis", "CC BY-NC-SA 4.0", "scripts/reproduce.sh", "Balanced accuracy",
+                   "Limitations and safety", "cannot assess", "non-lesion images turned away", "Known failure modes",
+                   "Results by subgroup", "Hostile inputs", "ECE", "surgical ink"):
         assert needed.lower() in card.lower(), f"model card lacks {needed!r}"
     assert "RESULTS_TABLE" not in card and "TODO" not in card  # no unfilled placeholders
 
@@ -38,6 +40,7 @@ def test_bundled_package_is_complete_and_intact():
 def test_bundled_model_follows_the_contract(precision):
     classifier = Classifier.load(precision=precision, threads=1)
     assert classifier.precision == precision
+    assert classifier.has_assess, "the bundled model must answer 'cannot assess' (the `assess` output)"
     assert list(classifier.labels) == list(LABEL_CODES)
 
 
