@@ -163,7 +163,7 @@ def render_model_card(package_dir: str | Path, metrics: dict, command: str, note
         f"> **{DISCLAIMER}**",
         "## Model details\n\n"
         f"- {model['arch']} (torchvision), ImageNet-pretrained (Google's MobileNetV3 checkpoint, Apache-2.0), "
-        "fine-tuned by the skinscan model factory to 7 HAM10000 diagnoses: "
+        f"fine-tuned by the skinscan model factory to {len(meta['skinscan.labels'])} diagnoses: "
         + ", ".join(f"`{c}` {meta['skinscan.label_names'][c]}" for c in meta["skinscan.labels"]) + ".\n"
         f"- Input: `image`, uint8 `[N, {preprocess['size'][0]}, {preprocess['size'][1]}, 3]` RGB, resize rule "
         f"`{preprocess['resize']}`; normalisation inside the graph. Outputs: `probabilities` (softmax of the logits "
@@ -178,11 +178,12 @@ def render_model_card(package_dir: str | Path, metrics: dict, command: str, note
         "Licence of the weights: CC BY-NC-SA 4.0, inherited from "
         "the training data (non-commercial use only); the code is Apache-2.0.",
         "## Intended use\n\n"
-        "- A **screening aid** for dermoscopic images of single pigmented skin lesions: it suggests which of 7 "
+        "- A **screening aid** for dermoscopic images of single pigmented skin lesions: it suggests which of "
+        f"{len(meta['skinscan.labels'])} "
         "diagnoses a dermoscopy photo resembles and flags suspicious ones for a dermatologist. Users: researchers, "
         "ML engineers building screening tools, clinicians evaluating such tools.\n"
         "- **Out of scope**: diagnosis or treatment decisions; ordinary (non-dermoscopic) phone photos; "
-        "non-lesion images; lesions outside the 7 classes (e.g. squamous cell carcinoma, which HAM10000 does "
+        "non-lesion images; lesions outside its classes (e.g. squamous cell carcinoma, which HAM10000 does "
         "not label separately); mucosal, nail or ocular lesions; children (few in HAM10000).",
         "## Factors\n\n"
         "HAM10000 comes from two sites (Vienna, Queensland) and mostly fair-skinned patients: skin types V-VI are "
