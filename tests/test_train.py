@@ -40,7 +40,7 @@ def test_train_then_evaluate(ham10000_dir, split_csv, pretrained_v3_small, tmp_p
 
     metrics = evaluate_checkpoint(best, ham10000_dir, split_csv, tmp_path / "eval", part="test", threads=2)
     for name in ("report.md", "metrics.json", "confusion_matrix.png", "roc_curves.png",
-                 "reliability_diagram.png", "predictions.csv"):
+                 "reliability_diagram.png", "reliability_diagram_before.png", "predictions.csv"):
         assert (tmp_path / "eval" / name).stat().st_size > 0, name
     predictions = np.loadtxt(tmp_path / "eval" / "predictions.csv", delimiter=",", skiprows=1,
                              usecols=range(2, 9))

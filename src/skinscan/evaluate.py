@@ -17,7 +17,7 @@ from skinscan.data import DataSource, as_source, read_metadata, read_split, spli
 from skinscan.metrics import expected_calibration_error
 from skinscan.model import model_from_checkpoint
 from skinscan.preprocess import PreprocessConfig
-from skinscan.report import write_evaluation_report
+from skinscan.report import plot_reliability_diagram, write_evaluation_report
 from skinscan.train import (
     TrainConfig,
     checkpoint_labels,
@@ -83,10 +83,14 @@ def evaluate_checkpoint(checkpoint_path, data_dir, split_csv, out_dir, part: str
     }
     metrics["calibration"] = calibration
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    # The report's reliability diagram is after calibration; this one, before (the raw softmax).
+    plot_reliability_diagram(scored["labels"], softmax(scored["logits"]), calibration["ece_before"],
+                             metrics["ece_bins"], out_dir / "reliability_diagram_before.png")
     with open(out_dir / "report.md", "a") as f:
         f.write("\n## Calibration (temperature scaling fitted on val)\n\n"
                 f"T = {temperature:.3f}; ECE {calibration['ece_before']:.3f} -> {calibration['ece_after']:.3f}; "
-                f"NLL {calibration['nll_before']:.3f} -> {calibration['nll_after']:.3f}\n")
+                f"NLL {calibration['nll_before']:.3f} -> {calibration['nll_after']:.3f}\n\n"
+                "Before temperature scaling (raw softmax):\n\n![Reliability before](reliability_diagram_before.png)\n")
     predictions = pd.DataFrame(probabilities, columns=list(labels.codes))
     predictions.insert(0, "true", [labels.codes[i] for i in scored["labels"]])
     predictions.insert(0, "image_id", scored["image_ids"])
