@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from skinscan.benchmark import write_json
 from skinscan.data import default_data_dir
 from skinscan.runtime import bundled_package_dir
 
@@ -123,8 +124,7 @@ def main() -> int:
         shrink_png(args.screenshot)
     report = {"browser": f"Chromium {document['browser']} (headless)", "camera": f"{CAMERA_SIZE[0]}x{CAMERA_SIZE[1]}",
               "model": str(args.model), "runs": document["runs"]}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2))
+    write_json(report, args.json)
     print(f"{report['browser']}, camera {report['camera']}, best of {args.rounds} rounds of {args.frames} frames\n")
     print(format_table(document["runs"]))
     print(f"\nresults: {args.json}" + (f"; screenshot: {args.screenshot}" if args.screenshot else ""))

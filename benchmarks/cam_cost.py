@@ -20,7 +20,6 @@ Needs `onnx` (the `train` extra) for the pruning; the timing itself is ONNX Runt
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import numpy as np
 import onnx
 from onnx.utils import Extractor
 
-from skinscan.benchmark import cpu_name, interleaved_latency, model_input_size, onnx_session
+from skinscan.benchmark import cpu_name, interleaved_latency, model_input_size, onnx_session, write_json
 from skinscan.quantize import explanation_only_nodes
 from skinscan.runtime import CAM, FP32_FILE, INPUT_NAME, INT8_FILE, PROBABILITIES, bundled_package_dir
 
@@ -120,9 +119,7 @@ def main() -> None:
               f"{r['with_cam_probabilities_only']['median_ms']:.3f} ms; cam branch alone "
               f"{r['cam_branch_alone']['median_ms']:.3f} ms = {r['cam_branch_alone_percent']:.1f}%; the same graph "
               f"timed twice differs by {r['same_graph_difference_percent']:+.1f}%")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"package": str(package), "processor": cpu_name(), "results": results}, indent=2))
-    print(f"results: {args.json}")
+    print(f"results: {write_json({'package': str(package), 'processor': cpu_name(), 'results': results}, args.json)}")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ compile takes minutes there (ask for it with --configs).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -41,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from skinscan.augment import AugmentConfig, augment_batch
-from skinscan.benchmark import cpu_name, interleaved_latency
+from skinscan.benchmark import cpu_name, interleaved_latency, write_json
 from skinscan.model import create_model
 from skinscan.train import autocast_dtype, compile_for_training, select_device, to_device
 
@@ -196,9 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(format_table(report))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"results: {args.json}")
+        print(f"results: {write_json(report, args.json)}")
     return 0
 
 

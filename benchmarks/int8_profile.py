@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from skinscan.benchmark import write_json
 from skinscan.runtime import FP32_FILE, INPUT_NAME, INT8_FILE, PROBABILITIES, bundled_package_dir
 
 
@@ -62,8 +63,7 @@ def main() -> None:
         print("  by op:   " + ", ".join(f"{op} {ms:.3f}" for op, ms in result["by_op_ms"].items()))
         for node, ms in list(result["by_node_ms"].items())[:8]:
             print(f"  {ms:.3f}  {node}")
-    args.json.write_text(json.dumps(results, indent=2))
-    print(f"results: {args.json}")
+    print(f"results: {write_json(results, args.json)}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ background load hits both alike. The model is randomly initialised: speed does n
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from skinscan.augment import AugmentConfig, augment_batch, to_model_input
-from skinscan.benchmark import cpu_name, interleaved_latency
+from skinscan.benchmark import cpu_name, interleaved_latency, write_json
 from skinscan.data import default_data_dir
 from skinscan.model import create_model
 from skinscan.preprocess import PreprocessConfig, preprocess
@@ -199,9 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(format_table(report))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"results: {args.json}")
+        print(f"results: {write_json(report, args.json)}")
     return 0
 
 
