@@ -484,54 +484,61 @@ def test_a_tampered_model_is_refused(package, tmp_path):
     assert document["status"] == "Model refused"
 
 
-def test_flag_follows_the_package_threshold(package, tmp_path):
+def package_with_metadata(fp32_file: Path, folder: Path, edit) -> Path:
+    """A package folder with a copy of `fp32_file` whose metadata `edit(key, parsed value)` rewrote (returning
+    the new value, or None to keep it), and its manifest."""
     import onnx
 
-    folder = Path(shutil.copytree(package, tmp_path / "thresholds"))
-    model = onnx.load(str(folder / FP32_FILE))
+    folder.mkdir()
+    model = onnx.load(str(fp32_file))
     for prop in model.metadata_props:
-        if prop.key == "skinscan.thresholds":  # every image flagged
-            prop.value = json.dumps({"malignant": 0.0})
+        value = edit(prop.key, json.loads(prop.value))
+        if value is not None:
+            prop.value = json.dumps(value)
     onnx.save(model, str(folder / FP32_FILE))
     write_manifest(folder)
+    return folder
+
+
+def screen_noise_photo(folder: Path, tmp_path: Path) -> tuple[dict, dict]:
+    """Upload one random-pixel photo to the app serving `folder`: (its result, what the page shows)."""
     photo = tmp_path / "lesion.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (150, 200, 3), dtype=np.uint8)).save(photo)
     document = drive({"scenario": "photos", "server": server_command(folder), "photos": [str(photo)]}, tmp_path)
     (result,) = document["results"]
+    return result, document["shown"]
+
+
+def test_flag_follows_the_package_threshold(package, tmp_path):
+    def every_image_flagged(key, value):
+        return {"malignant": 0.0} if key == "skinscan.thresholds" else None
+
+    folder = package_with_metadata(package / FP32_FILE, tmp_path / "thresholds", every_image_flagged)
+    result, shown = screen_noise_photo(folder, tmp_path)
     assert result["cannotAssess"] is False and result["malignant"] is True  # a package without the gate
-    assert document["shown"]["verdict"].startswith("Suspicious")
-    assert "flagged" in document["shown"]["classes"].split()
-    assert "flagged at ≥ 0.0%" in document["shown"]["malignancy"]
+    assert shown["verdict"].startswith("Suspicious")
+    assert "flagged" in shown["classes"].split()
+    assert "flagged at ≥ 0.0%" in shown["malignancy"]
 
 
 def test_cannot_assess_follows_the_package_gate(bundled, tmp_path):
     """The app walks the package's `skinscan.assess` checks like skinscan/assess.py: here every image is "too
     dark" (the line moved above white), so a photo is answered with that reason, not a diagnosis."""
-    import onnx
-
     if not bundled.has_assess:
         pytest.skip("the bundled package predates the gate")
-    folder = tmp_path / "gate"
-    folder.mkdir()
-    shutil.copy(bundled.package_dir / FP32_FILE, folder / FP32_FILE)
-    model = onnx.load(str(folder / FP32_FILE))
-    for prop in model.metadata_props:
-        if prop.key == "skinscan.assess":
-            spec = json.loads(prop.value)
-            spec["checks"][0]["below"] = 300.0  # brightness: the "too_dark" check
-            prop.value = json.dumps(spec)
-        if prop.key == "skinscan.thresholds":
-            prop.value = json.dumps({"malignant": 0.0})  # would flag everything, if it were assessed
-    onnx.save(model, str(folder / FP32_FILE))
-    write_manifest(folder)
-    photo = tmp_path / "lesion.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (150, 200, 3), dtype=np.uint8)).save(photo)
-    document = drive({"scenario": "photos", "server": server_command(folder), "photos": [str(photo)]}, tmp_path)
-    (result,) = document["results"]
+
+    def everything_too_dark(key, value):
+        if key == "skinscan.assess":
+            value["checks"][0]["below"] = 300.0  # brightness: the "too_dark" check
+            return value
+        return {"malignant": 0.0} if key == "skinscan.thresholds" else None  # would flag everything, if assessed
+
+    folder = package_with_metadata(bundled.package_dir / FP32_FILE, tmp_path / "gate", everything_too_dark)
+    result, shown = screen_noise_photo(folder, tmp_path)
     assert result["cannotAssess"] is True and result["cannotAssessReason"] == "too_dark"
-    assert document["shown"]["verdict"].startswith("Cannot assess this image: the image is too dark")
-    classes = set(document["shown"]["classes"].split())
+    assert shown["verdict"].startswith("Cannot assess this image: the image is too dark")
+    classes = set(shown["classes"].split())
     assert "unsure" in classes and "flagged" not in classes
-    assert document["shown"]["malignancy"].startswith("No screening result")
-    python = Classifier.load(folder, precision="fp32").classify(photo)
+    assert shown["malignancy"].startswith("No screening result")
+    python = Classifier.load(folder, precision="fp32").classify(tmp_path / "lesion.png")
     assert python.cannot_assess == "too_dark"

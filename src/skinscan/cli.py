@@ -275,9 +275,7 @@ def cmd_gate(args) -> int:
 
     try:
         report = gate_report(args.model, args.data, args.split, part=args.part, max_images=args.max_images)
-    except ModelPackageError as error:
-        raise UsageError(str(error)) from None
-    except ValueError as error:  # a package without the gate
+    except (ModelPackageError, ValueError) as error:  # ValueError: a package without the gate
         raise UsageError(str(error)) from None
     print(format_gate_report(report))
     print(f"report: {Path(args.model) / 'gate.json'}")

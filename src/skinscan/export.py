@@ -22,7 +22,7 @@ from torch import nn
 
 from skinscan import __version__
 from skinscan.assess import ASSESS
-from skinscan.gate import SCORES, LesionDistance, feature_statistics, gate_dims, gate_statistics, image_quality
+from skinscan.gate import SCORES, LesionDistance, gate_dims, gate_statistics, image_quality
 from skinscan.labels import HAM10000, LabelSet
 from skinscan.model import SkinLesionNet
 from skinscan.ort_mobile import convert_to_ort
@@ -204,8 +204,8 @@ def export_onnx(model: SkinLesionNet, preprocess: PreprocessConfig, path: str | 
 
 
 def torch_probabilities(model: SkinLesionNet, images_uint8_nhwc: np.ndarray, temperature: float) -> np.ndarray:
-    with torch.no_grad():
-        return PackagedModel(model, temperature)(torch.from_numpy(images_uint8_nhwc))[0].numpy()
+    wrapped = PackagedModel(model, temperature).eval()
+    return packaged_outputs(wrapped, torch.from_numpy(images_uint8_nhwc))["probabilities"]
 
 
 def malignant_threshold(probabilities: np.ndarray, labels: np.ndarray, min_sensitivity: float = 0.90,
@@ -240,11 +240,9 @@ def fit_gate(model: SkinLesionNet, images: torch.Tensor, batch_size: int = 128) 
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             pixels = images[start:start + batch_size].permute(0, 3, 1, 2).float()
-            x = (pixels - model.mean) / model.std
-            for index, block in enumerate(net.features[:max(gate.layers) + 1]):
-                x = block(x)
-                if index in gate.layers:
-                    collected[index].append(feature_statistics(x).numpy())
+            _, statistics = gate_statistics(net, (pixels - model.mean) / model.std, last_block=max(gate.layers))
+            for layer, values in statistics.items():
+                collected[layer].append(values.numpy())
     gate.fit({layer: np.concatenate(parts) for layer, parts in collected.items()})
     return gate
 
@@ -272,7 +270,7 @@ def build_package(checkpoint_path: str | Path, data_dir: str | Path, split_csv: 
     from skinscan.data import as_source
     from skinscan.manifest import write_manifest
     from skinscan.model import model_from_checkpoint
-    from skinscan.train import TrainConfig, checkpoint_labels, load_checkpoint, load_split_data, predict_logits, softmax
+    from skinscan.train import TrainConfig, checkpoint_labels, load_checkpoint, load_split_data, softmax
 
     out_dir = Path(out_dir)
     checkpoint = load_checkpoint(checkpoint_path)
@@ -285,12 +283,13 @@ def build_package(checkpoint_path: str | Path, data_dir: str | Path, split_csv: 
                          threads=threads, input_size=preprocess.size, resize=preprocess.resize,
                          label_set=labels.to_json())
     data = load_split_data(config, parts=("train", "val"))
-    val_logits, val_labels = predict_logits(model, data["val"].images), data["val"].labels.numpy()
+    gate = fit_gate(model, data["train"].images)
+    # One pass over val gives both the raw logits (temperature 1) and the gate's scores (which ignore it).
+    val = packaged_outputs(PackagedModel(model, 1.0, gate=gate).eval(), data["val"].images)
+    val_logits, val_labels = val["logits"], data["val"].labels.numpy()
     temperature = fit_temperature(val_logits, val_labels)
     thresholds = malignant_threshold(softmax(val_logits / temperature), val_labels, label_set=labels)
-    gate = fit_gate(model, data["train"].images)
-    wrapped = PackagedModel(model, temperature, cam=False, gate=gate).eval()
-    assess_spec = choose_thresholds(packaged_outputs(wrapped, data["val"].images)[ASSESS])
+    assess_spec = choose_thresholds(val[ASSESS])
     model_info = {**checkpoint["model_config"], "epoch": checkpoint["epoch_metrics"]["epoch"],
                   "val_balanced_accuracy": checkpoint["epoch_metrics"]["val_balanced_accuracy"]}
     training_data = TRAINING_DATA if labels == HAM10000 else (

@@ -97,11 +97,16 @@ class LesionDistance(nn.Module):
             getattr(self, f"whiten_{layer}").copy_(torch.from_numpy(whiten))
 
 
-def gate_statistics(net: nn.Module, normalised: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-    """Run a torchvision MobileNet's `features` block by block: (its output, statistics of `GATE_LAYERS`)."""
+def gate_statistics(net: nn.Module, normalised: torch.Tensor,
+                    last_block: int | None = None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """Run a torchvision MobileNet's `features` block by block: (its output, statistics of `GATE_LAYERS`).
+
+    last_block: stop after this block (fitting needs only the gate blocks, not the rest of the network).
+    """
     statistics = {}
     x = normalised
-    for index, block in enumerate(net.features):
+    blocks = net.features if last_block is None else net.features[:last_block + 1]
+    for index, block in enumerate(blocks):
         x = block(x)
         if index in GATE_LAYERS:
             statistics[index] = feature_statistics(x)

@@ -14,9 +14,11 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image, ImageEnhance, ImageFilter
 from tqdm import tqdm
 
@@ -43,24 +45,42 @@ def _summary(predictions) -> dict:
             "reasons": dict(sorted(reasons.items()))}
 
 
-def measure_gate(classifier: Classifier, data_dir: str | Path, split_csv: str | Path, part: str = "test",
-                 max_images: int = 0, batch_size: int = 32) -> dict:
-    """Run the three sets through `classifier`; a JSON-friendly report with per-group rates."""
+@dataclass
+class GateInputs:
+    """The three sets, decoded (and degraded) once, whatever the number of models measured on them."""
+
+    part: str
+    rows: pd.DataFrame  # the split's rows of `part`, in the order of `lesions`
+    lesions: list[Image.Image]
+    corpus: list  # skinscan.nonlesion.NonLesionImage
+    degraded: dict[str, list[Image.Image]]
+
+
+def load_gate_inputs(data_dir: str | Path, split_csv: str | Path, part: str = "test",
+                     max_images: int = 0) -> GateInputs:
+    """Decode the lesions of `part` (the first `max_images` if set), build the non-lesion corpus and the
+    degradations."""
     from skinscan.nonlesion import non_lesion_corpus  # needs scikit-image (dev extra)
 
-    if not classifier.has_assess:
-        raise ValueError(f"{classifier.path} has no 'cannot assess' gate (no `assess` output); re-export it")
     split = read_split(split_csv)
     rows = split[split.split == part]
     if max_images:
         rows = rows.head(max_images)
     lesions = [load_image(path) for path in tqdm(image_paths(data_dir, rows.image_id.tolist()), desc=f"decode {part}",
                                                  unit="img", leave=False)]
-    lesion_predictions = classifier.classify_batch(lesions, batch_size, sources=rows.image_id.tolist())
+    degraded = {name: [degrade(image) for image in lesions]
+                for name, degrade in tqdm(DEGRADATIONS.items(), desc="degradations", leave=False)}
+    return GateInputs(part, rows, lesions, non_lesion_corpus(), degraded)
+
+
+def measure_gate(classifier: Classifier, inputs: GateInputs, batch_size: int = 32) -> dict:
+    """Run the three sets through `classifier`; a JSON-friendly report with per-group rates."""
+    _require_gate(classifier)
+    rows, corpus = inputs.rows, inputs.corpus
+    lesion_predictions = classifier.classify_batch(inputs.lesions, batch_size, sources=rows.image_id.tolist())
     by_diagnosis = {dx: _summary([p for p, d in zip(lesion_predictions, rows.dx, strict=True) if d == dx])
                     for dx in sorted(rows.dx.unique())}
 
-    corpus = non_lesion_corpus()
     corpus_predictions = classifier.classify_batch([item.image for item in corpus], batch_size,
                                                    sources=[item.name for item in corpus])
     groups = {group: _summary([p for p, item in zip(corpus_predictions, corpus, strict=True) if item.group == group])
@@ -68,14 +88,13 @@ def measure_gate(classifier: Classifier, data_dir: str | Path, split_csv: str | 
     accepted = [f"{item.group}: {item.name}" for p, item in zip(corpus_predictions, corpus, strict=True)
                 if p.assessable]
 
-    degradations = {}
-    for name, degrade in tqdm(DEGRADATIONS.items(), desc="degradations", leave=False):
-        degradations[name] = _summary(classifier.classify_batch([degrade(image) for image in lesions], batch_size))
+    degradations = {name: _summary(classifier.classify_batch(images, batch_size))
+                    for name, images in inputs.degraded.items()}
 
     lesion_summary = _summary(lesion_predictions)
     corpus_summary = _summary(corpus_predictions)
     return {
-        "model": str(classifier.path), "precision": classifier.precision, "part": part,
+        "model": str(classifier.path), "precision": classifier.precision, "part": inputs.part,
         "thresholds": classifier.metadata["skinscan.assess"],
         "lesions": {**lesion_summary, "by_diagnosis": by_diagnosis},
         "non_lesions": {**corpus_summary, "groups": groups, "accepted": accepted},
@@ -83,11 +102,17 @@ def measure_gate(classifier: Classifier, data_dir: str | Path, split_csv: str | 
         "goals": GOALS,
         "goals_met": {"lesions": lesion_summary["rejected_share"] <= GOALS["lesions_rejected_at_most"],
                       "non_lesions": corpus_summary["rejected_share"] >= GOALS["non_lesions_rejected_at_least"]},
-        "mean_scores": {"lesions": _mean_scores(lesion_predictions), "non_lesions": _mean_scores(corpus_predictions)},
+        "median_scores": {"lesions": _median_scores(lesion_predictions),
+                          "non_lesions": _median_scores(corpus_predictions)},
     }
 
 
-def _mean_scores(predictions) -> dict[str, float]:
+def _require_gate(classifier: Classifier) -> None:
+    if not classifier.has_assess:
+        raise ValueError(f"{classifier.path} has no 'cannot assess' gate (no `assess` output); re-export it")
+
+
+def _median_scores(predictions) -> dict[str, float]:
     scores = [p.assessment for p in predictions if p.assessment]
     return {name: float(np.median([s[name] for s in scores])) for name in scores[0]} if scores else {}
 
@@ -98,11 +123,13 @@ def gate_report(package_dir: str | Path, data_dir: str | Path, split_csv: str | 
     from skinscan.runtime import FP32_FILE, INT8_FILE
 
     package_dir = Path(package_dir)
-    report = {}
-    for precision, file in (("fp32", FP32_FILE), ("int8", INT8_FILE)):
-        if (package_dir / file).is_file():
-            classifier = Classifier.load(package_dir, precision=precision, threads=threads)
-            report[precision] = measure_gate(classifier, data_dir, split_csv, part, max_images)
+    classifiers = {precision: Classifier.load(package_dir, precision=precision, threads=threads)
+                   for precision, file in (("fp32", FP32_FILE), ("int8", INT8_FILE)) if (package_dir / file).is_file()}
+    for classifier in classifiers.values():  # refuse before decoding a thousand images
+        if not classifier.has_assess:
+            raise ValueError(f"{classifier.path} has no 'cannot assess' gate (no `assess` output); re-export it")
+    inputs = load_gate_inputs(data_dir, split_csv, part, max_images)
+    report = {precision: measure_gate(classifier, inputs) for precision, classifier in classifiers.items()}
     (package_dir / "gate.json").write_text(json.dumps(report, indent=2))
     return report
 

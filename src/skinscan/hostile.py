@@ -35,15 +35,9 @@ def _lesion_like(width: int = 200, height: int = 150, seed: int = 0) -> Image.Im
     return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
 
 
-def _jpeg(image: Image.Image, **options) -> bytes:
+def _encode(image: Image.Image, fmt: str, **options) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=90, **options)
-    return buffer.getvalue()
-
-
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
+    image.save(buffer, fmt, **options)
     return buffer.getvalue()
 
 
@@ -60,52 +54,62 @@ def decompression_bomb_png(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b"")
 
 
-def build_corpus(folder: str | Path) -> list[tuple[Path, HostileInput]]:
-    """Write every hostile input into `folder`; returns (path, what is expected of it)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+HOSTILE_INPUTS: tuple[HostileInput, ...] = (
+    HostileInput("truncated.jpg", "refuse", "a JPEG cut off half way (an interrupted copy)"),
+    HostileInput("corrupt.jpg", "refuse", "a JPEG with its entropy-coded data overwritten"),
+    HostileInput("empty.jpg", "refuse", "0 bytes"),
+    HostileInput("notes.jpg", "refuse", "a text file named .jpg"),
+    HostileInput("bomb.png", "refuse", "a decompression bomb: 144 megapixels in a few kB (the limit is 100)"),
+    HostileInput("tiny.png", "refuse", "1x1 pixel"),
+    HostileInput("small.png", "classify", "64x48 pixels: decoded; a package with the gate says 'too small'"),
+    HostileInput("cmyk.jpg", "classify", "CMYK JPEG (print workflows)"),
+    HostileInput("sixteen-bit.png", "classify", "16-bit greyscale PNG (scientific cameras)"),
+    HostileInput("rgba.png", "classify", "RGBA PNG with transparency (screenshots)"),
+    HostileInput("palette.png", "classify", "palette (P mode) PNG"),
+    HostileInput("grey.jpg", "classify", "greyscale JPEG"),
+    HostileInput("rotated.jpg", "classify", "EXIF orientation 6 (phone held upright)"),
+    HostileInput("animated.gif", "classify", "animated GIF (the first frame is used)"),
+    HostileInput("photo.webp", "classify", "WebP"),
+)
+
+
+def _contents() -> dict[str, bytes]:
+    """The bytes of each file of `HOSTILE_INPUTS`, by name."""
     lesion = _lesion_like()
-    jpeg = _jpeg(lesion)
+    jpeg = _encode(lesion, "JPEG", quality=90)
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
     rgba = lesion.convert("RGBA")
     rgba.putalpha(Image.new("L", lesion.size, 200))
     sixteen_bit = Image.fromarray((np.asarray(lesion.convert("L"), np.uint16) * 257).astype(np.uint16))
     frames = [_lesion_like(seed=i) for i in range(3)]
-    gif = io.BytesIO()
-    frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
-    cmyk = io.BytesIO()
-    lesion.convert("CMYK").save(cmyk, "JPEG", quality=90)
-    entries: list[tuple[HostileInput, bytes]] = [
-        (HostileInput("truncated.jpg", "refuse", "a JPEG cut off half way (an interrupted copy)"),
-         jpeg[: len(jpeg) // 2]),
-        (HostileInput("corrupt.jpg", "refuse", "a JPEG with its entropy-coded data overwritten"),
-         jpeg[:400] + bytes(range(256)) * 8 + jpeg[400 + 2048:]),
-        (HostileInput("empty.jpg", "refuse", "0 bytes"), b""),
-        (HostileInput("notes.jpg", "refuse", "a text file named .jpg"), b"patient notes, not an image\n" * 20),
-        (HostileInput("bomb.png", "refuse", "a decompression bomb: 144 megapixels in a few kB (the limit is 100)"),
-         decompression_bomb_png(12_000, 12_000)),
-        (HostileInput("tiny.png", "refuse", "1x1 pixel"), _png(Image.new("RGB", (1, 1), (200, 150, 130)))),
-        (HostileInput("small.png", "classify", "64x48 pixels: decoded; a package with the gate says 'too small'"),
-         _png(lesion.resize((64, 48)))),
-        (HostileInput("cmyk.jpg", "classify", "CMYK JPEG (print workflows)"), cmyk.getvalue()),
-        (HostileInput("sixteen-bit.png", "classify", "16-bit greyscale PNG (scientific cameras)"), _png(sixteen_bit)),
-        (HostileInput("rgba.png", "classify", "RGBA PNG with transparency (screenshots)"), _png(rgba)),
-        (HostileInput("palette.png", "classify", "palette (P mode) PNG"), _png(lesion.convert("P"))),
-        (HostileInput("grey.jpg", "classify", "greyscale JPEG"), _jpeg(lesion.convert("L"))),
-        (HostileInput("rotated.jpg", "classify", "EXIF orientation 6 (phone held upright)"), _jpeg(lesion, exif=exif)),
-        (HostileInput("animated.gif", "classify", "animated GIF (the first frame is used)"), gif.getvalue()),
-        (HostileInput("photo.webp", "classify", "WebP"), _webp(lesion)),
-    ]
+    return {
+        "truncated.jpg": jpeg[: len(jpeg) // 2],
+        "corrupt.jpg": jpeg[:400] + bytes(range(256)) * 8 + jpeg[400 + 2048:],
+        "empty.jpg": b"",
+        "notes.jpg": b"patient notes, not an image\n" * 20,
+        "bomb.png": decompression_bomb_png(12_000, 12_000),
+        "tiny.png": _encode(Image.new("RGB", (1, 1), (200, 150, 130)), "PNG"),
+        "small.png": _encode(lesion.resize((64, 48)), "PNG"),
+        "cmyk.jpg": _encode(lesion.convert("CMYK"), "JPEG", quality=90),
+        "sixteen-bit.png": _encode(sixteen_bit, "PNG"),
+        "rgba.png": _encode(rgba, "PNG"),
+        "palette.png": _encode(lesion.convert("P"), "PNG"),
+        "grey.jpg": _encode(lesion.convert("L"), "JPEG", quality=90),
+        "rotated.jpg": _encode(lesion, "JPEG", quality=90, exif=exif),
+        "animated.gif": _encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0),
+        "photo.webp": _encode(lesion, "WEBP", quality=90),
+    }
+
+
+def build_corpus(folder: str | Path) -> list[tuple[Path, HostileInput]]:
+    """Write every hostile input into `folder`; returns (path, what is expected of it)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    contents = _contents()
     written = []
-    for entry, data in entries:
+    for entry in HOSTILE_INPUTS:
         path = folder / entry.name
-        path.write_bytes(data)
+        path.write_bytes(contents[entry.name])
         written.append((path, entry))
     return written
-
-
-def _webp(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "WEBP", quality=90)
-    return buffer.getvalue()

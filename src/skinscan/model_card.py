@@ -111,12 +111,9 @@ def _subgroup_table(metrics: dict) -> str:
 
 
 def _safety_section(gate: dict | None, metrics: dict) -> str:
-    import tempfile
+    from skinscan.hostile import HOSTILE_INPUTS  # the corpus tests/test_hostile.py sends through every path
 
-    from skinscan.hostile import build_corpus  # the corpus tests/test_hostile.py sends through every path
-
-    with tempfile.TemporaryDirectory() as folder:
-        hostile = [entry for _, entry in build_corpus(folder)]
+    hostile = HOSTILE_INPUTS
     refused = [entry.why for entry in hostile if entry.expect == "refuse"]
     classified = [entry.why for entry in hostile if entry.expect == "classify"]
     calibration = metrics.get("calibration", {})

@@ -191,16 +191,25 @@ def fold_normalization_into_stem(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def _follow(index: GraphIndex, first: onnx.NodeProto, op_types: tuple[str, ...]) -> list[onnx.NodeProto] | None:
+    """`first` and the nodes after it when each is the only consumer of the one before and has the next of
+    `op_types`; None where the graph branches or differs."""
+    chain = [first]
+    for op_type in op_types:
+        consumers = index.consumers.get(chain[-1].output[0], [])
+        if len(consumers) != 1 or consumers[0].op_type != op_type:
+            return None
+        chain.append(consumers[0])
+    return chain
+
+
 def _normalisation_chain(index: GraphIndex) -> tuple[onnx.NodeProto, onnx.NodeProto, onnx.NodeProto]:
     """The input normalisation Sub(mean) -> Div(std) -> first Conv. Found by shape, not by position: the
     pixels also feed the "cannot assess" quality scores, whose nodes may come first."""
     for sub in (n for n in index.graph.node if n.op_type == "Sub"):
-        consumers = index.consumers.get(sub.output[0], [])
-        if len(consumers) == 1 and consumers[0].op_type == "Div":
-            div = consumers[0]
-            following = index.consumers.get(div.output[0], [])
-            if len(following) == 1 and following[0].op_type == "Conv":
-                return sub, div, following[0]
+        chain = _follow(index, sub, ("Div", "Conv"))
+        if chain is not None:
+            return tuple(chain)
     raise ValueError("unexpected graph: the input normalisation is not Sub -> Div -> Conv")
 
 
@@ -213,16 +222,12 @@ def feed_pixels_to_stem(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     index = GraphIndex(model)
     cast = next(n for n in model.graph.node if n.op_type == "Cast")
-    chain = None
-    for sub in (n for n in index.consumers[cast.output[0]] if n.op_type == "Sub"):
-        quantizes = index.consumers.get(sub.output[0], [])
-        if len(quantizes) == 1 and quantizes[0].op_type == "QuantizeLinear":
-            convs = index.consumers.get(quantizes[0].output[0], [])
-            if len(convs) == 1 and convs[0].op_type == "QLinearConv":
-                chain = (sub, quantizes[0], convs[0])
-    if chain is None:
+    chains = [_follow(index, sub, ("QuantizeLinear", "QLinearConv"))
+              for sub in index.consumers[cast.output[0]] if sub.op_type == "Sub"]
+    chains = [chain for chain in chains if chain is not None]
+    if not chains:
         raise ValueError("unexpected graph: expected Cast -> Sub -> QuantizeLinear -> QLinearConv at the input")
-    sub, quantize, conv = chain
+    sub, quantize, conv = chains[-1]
     old_scale = float(index.value(conv.input[1]))
     weight_scale = index.value(conv.input[4])
     scale_name = index.add_initializer("pixel_scale", np.array(1.0, np.float32))
@@ -383,7 +388,8 @@ def float_block_nodes(model: onnx.ModelProto, float_blocks: int) -> list[str]:
         raise ValueError(f"no nodes named .../features.0/... in this graph: cannot keep the first {float_blocks} "
                          "blocks float (export it with `skinscan export`, or pass float_blocks=0)")
     index = GraphIndex(model)
-    normalisation, pending = [], [name for node in model.graph.node if node.name in names for name in node.input]
+    in_blocks = set(names)
+    normalisation, pending = [], [name for node in model.graph.node if node.name in in_blocks for name in node.input]
     while pending:  # walk back from the blocks through the input normalisation (Sub, Div: folded or not)
         producer = index.producer.get(pending.pop())
         if producer is not None and producer.op_type in ("Sub", "Div") and producer.name not in normalisation:

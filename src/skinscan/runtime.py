@@ -323,11 +323,8 @@ class Classifier:
 
         The graph computes the map on every run anyway (ONNX Runtime runs all nodes), so fetching it is free.
         """
-        images = self._model_input(images)
-        if not self.has_cam or len(images) == 0:
-            return self.predict_arrays(images), None
-        probabilities, cams = self.session.run([PROBABILITIES, CAM], {INPUT_NAME: images})
-        return probabilities, cams
+        outputs = self.run_arrays(images)
+        return outputs[PROBABILITIES], outputs.get(CAM)
 
     def run_arrays(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Every output this package has for uint8 [N, H, W, 3] images: probabilities, and cam / assess if present.

@@ -288,16 +288,11 @@ async function checkPhoto(file) {
   }
 }
 
-/** A photo decoded as Pillow decodes it: its own pixels, upright per EXIF, no colour-profile conversion. */
-async function decodePhoto(file) {
-  const bitmap = await createImageBitmap(file, { imageOrientation: 'from-image', colorSpaceConversion: 'none',
+/** A photo decoded as Pillow decodes it: its own pixels, upright per EXIF, no colour-profile conversion.
+ * Its size was checked from the header by `checkPhoto`, before this decodes it. */
+function decodePhoto(file) {
+  return createImageBitmap(file, { imageOrientation: 'from-image', colorSpaceConversion: 'none',
     premultiplyAlpha: 'none' });
-  if (Math.min(bitmap.width, bitmap.height) < MIN_SIDE || bitmap.width * bitmap.height > MAX_PIXELS) {
-    const size = `${bitmap.width}x${bitmap.height}`;
-    bitmap.close();
-    throw new Error(`the image is ${size}: use a photo at least ${MIN_SIDE}x${MIN_SIDE} and at most 100 MP`);
-  }
-  return bitmap;
 }
 
 /** Capture (`grab` returns a VideoFrame or ImageBitmap) and classify in the worker; renders nothing. */
