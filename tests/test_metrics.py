@@ -16,6 +16,7 @@ from skinscan.metrics import (
     bootstrap_intervals,
     classification_metrics,
     expected_calibration_error,
+    paired_bootstrap_difference,
     reliability_curve,
     sensitivity_at_specificity,
     subgroup_metrics,
@@ -218,6 +219,28 @@ def test_cluster_bootstrap_treats_duplicated_images_as_one_lesion():
         assert per_lesion[key]["high"] == pytest.approx(per_image[key]["high"], abs=1e-12), key
         naive_width = naive[key]["high"] - naive[key]["low"]
         assert naive_width < 0.7 * (per_lesion[key]["high"] - per_lesion[key]["low"]), key
+
+
+def test_paired_difference_is_zero_for_one_model_and_narrower_than_separate_intervals():
+    y, probs = realistic_predictions(2000, seed=3)
+    same = paired_bootstrap_difference(y, probs, probs, LABELS, n_resamples=200, seed=0)
+    for key in ["balanced_accuracy", "macro_auc"]:
+        assert same[key] == {"estimate": 0.0, "low": 0.0, "high": 0.0}, key
+
+    # A second model that mostly agrees but fixes a few mistakes: the paired interval of the difference is
+    # centred on the true gain and narrower than either model' own intervals.
+    rng = np.random.default_rng(1)
+    better = probs.copy()
+    fix = np.flatnonzero((probs.argmax(1) != y) & (rng.random(len(y)) < 0.1))
+    better[fix, y[fix]] = better[fix].max(1) + 0.05
+    better /= better.sum(1, keepdims=True)
+    difference = paired_bootstrap_difference(y, better, probs, LABELS, n_resamples=300, seed=0)
+    gain = balanced_accuracy_score(y, better.argmax(1)) - balanced_accuracy_score(y, probs.argmax(1))
+    assert gain > 0 and difference["balanced_accuracy"]["estimate"] == pytest.approx(gain)
+    assert 0 <= difference["balanced_accuracy"]["low"] < gain < difference["balanced_accuracy"]["high"]
+    separate = bootstrap_intervals(y, probs, LABELS, n_resamples=300, seed=0)["balanced_accuracy"]
+    paired_width = difference["balanced_accuracy"]["high"] - difference["balanced_accuracy"]["low"]
+    assert paired_width < 0.75 * (separate["high"] - separate["low"])  # unpaired: ~1.4x wider than one model's
 
 
 def test_subgroup_metrics():

@@ -9,6 +9,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="training needs the `train` extra (torch)")
 
 from skinscan import train as train_module  # noqa: E402
+from skinscan.compare import compare_checkpoints, format_comparison  # noqa: E402
 from skinscan.evaluate import evaluate_checkpoint  # noqa: E402
 from skinscan.export import build_package, torch_probabilities  # noqa: E402
 from skinscan.manifest import verify_file  # noqa: E402
@@ -91,3 +92,56 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(ham10000_dir, sp
 def test_resume_without_a_run_is_a_clear_error(ham10000_dir, split_csv, tmp_path):
     with pytest.raises(FileNotFoundError, match="drop --resume"):
         train(tiny_config(ham10000_dir, split_csv, tmp_path / "none", None), resume=True)
+
+
+def test_distillation_loss_is_zero_at_the_teacher_and_pulls_towards_it():
+    teacher = torch.tensor([[2.0, 0.5, -1.0], [0.0, 3.0, 1.0]])
+    assert train_module.distillation_loss(teacher.clone(), teacher, 2.0).item() == pytest.approx(0, abs=1e-6)
+    student = torch.zeros_like(teacher, requires_grad=True)
+    optimizer = torch.optim.SGD([student], lr=1.0)
+    losses = []
+    for _ in range(50):
+        loss = train_module.distillation_loss(student, teacher, 2.0)
+        losses.append(loss.item())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert losses[0] > 0.1 and losses[-1] < 0.01 * losses[0]
+    np.testing.assert_array_equal(student.argmax(1).numpy(), teacher.argmax(1).numpy())
+
+
+def test_distillation_run_caches_teacher_logits_and_refuses_mismatched_teachers(ham10000_dir, split_csv, tmp_path):
+    teacher = train(tiny_config(ham10000_dir, split_csv, tmp_path / "teacher", None, warmup_epochs=0, epochs=1))
+    config = tiny_config(ham10000_dir, split_csv, tmp_path / "student", None, warmup_epochs=0, epochs=1,
+                         teachers=[str(teacher)])
+    train(config)
+    cache = tmp_path / "student" / "teacher_logits.pt"
+    cached = torch.load(cache, weights_only=True)
+    assert cached["key"]["teachers"] == [str(teacher)]
+    assert cached["logits"].shape == (len(cached["key"]["image_ids"]), 7)
+    assert json.loads((tmp_path / "student" / "config.json").read_text())["teachers"] == [str(teacher)]
+    assert "teacher logits for" in (tmp_path / "student" / "log.txt").read_text()
+    # The cached logits are the teacher's flip-averaged logits on the training images.
+    images = train_module.load_split_data(config, parts=("train",))["train"].images
+    expected = train_module.predict_logits(load_model(teacher), images, tta=True)
+    np.testing.assert_allclose(cached["logits"].numpy(), expected, atol=1e-4)
+
+    mtime = cache.stat().st_mtime_ns
+    train(tiny_config(ham10000_dir, split_csv, tmp_path / "student", None, warmup_epochs=0, epochs=1,
+                      teachers=[str(teacher)]))
+    assert cache.stat().st_mtime_ns == mtime  # reused, not recomputed
+
+    # `skinscan compare`: each model, with flips, and the ensemble, each against the first (paired).
+    comparison = compare_checkpoints([teacher, tmp_path / "student" / "best.pt"], ham10000_dir, split_csv,
+                                     part="val", tta=True, n_bootstrap=50, threads=2)
+    assert [row["model"].split("/")[-1] for row in comparison["rows"]] == [
+        "best.pt", "best.pt + flips", "best.pt", "best.pt + flips", "mean logits of the 2",
+        "mean logits of the 2 + flips"]
+    first = comparison["rows"][0]
+    assert first["difference_from_first"]["balanced_accuracy"]["estimate"] == 0
+    assert 0 <= first["balanced_accuracy"]["low"] <= first["balanced_accuracy"]["estimate"] <= 1
+    assert "mean logits of the 2 + flips" in format_comparison(comparison)
+
+    with pytest.raises(ValueError, match="--input-size"):
+        train(tiny_config(ham10000_dir, split_csv, tmp_path / "other-size", None, warmup_epochs=0, epochs=1,
+                          input_size=(64, 96), teachers=[str(teacher)]))

@@ -80,12 +80,27 @@ def cmd_train(args) -> int:
         sampling_power=args.sampling_power, logit_adjustment=args.logit_adjustment, ema_decay=args.ema_decay,
         augment=AugmentConfig(zoom=tuple(args.zoom)), seed=args.seed, threads=args.threads, device=args.device,
         max_images=args.max_images, label_set=load_label_set(args.labels).to_json(), compile=args.compile,
+        teachers=[str(t) for t in args.teacher], distill_weight=args.distill_weight,
+        distill_temperature=args.distill_temperature,
     )
     best = train(config, resume=args.resume)
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun, rank 0 reports
     print(f"run folder: {args.out} (config.json, log.txt, metrics.jsonl, last.pt)\nbest model: {best}")
     print(f"next: skinscan evaluate --checkpoint {best} --split {args.split} --data {args.images or args.data}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- compare
+def cmd_compare(args) -> int:
+    from skinscan.compare import compare_checkpoints, format_comparison, write_comparison
+
+    comparison = compare_checkpoints(args.checkpoint, data_source(args), args.split, part=args.part, tta=args.tta,
+                                     n_bootstrap=args.bootstrap, threads=args.threads)
+    print(format_comparison(comparison))
+    if args.out:
+        write_comparison(comparison, args.out)
+        print(f"written: {args.out}")
     return 0
 
 
@@ -400,6 +415,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
                     help="torch.compile the training steps (default backend: inductor). Off by default: compiling "
                          "takes minutes, worth it on long GPU runs (README: Training at scale)")
+    tr.add_argument("--teacher", type=Path, action="append", default=[], metavar="CKPT",
+                    help="distil from this trained checkpoint (repeat for an ensemble; same labels and input size)")
+    tr.add_argument("--distill-weight", type=float, default=0.7,
+                    help="share of the distillation term in the loss when --teacher is given")
+    tr.add_argument("--distill-temperature", type=float, default=2.0)
     tr.set_defaults(func=cmd_train)
 
     ev = verbs.add_parser("evaluate", help="ISIC-challenge metrics, plots and a report for a checkpoint")
@@ -411,6 +431,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--tta", action="store_true", help="average the 4 flips of each image")
     ev.add_argument("--threads", type=int, default=0)
     ev.set_defaults(func=cmd_evaluate)
+    co = verbs.add_parser("compare", help="several checkpoints (seeds, recipes) and their ensemble on one split, "
+                                          "with paired bootstrap intervals against the first")
+    co.add_argument("--checkpoint", type=Path, action="append", required=True,
+                    help="a training checkpoint; repeat for each model (the first is the reference)")
+    add_data_arguments(co)
+    co.add_argument("--split", type=Path, default=Path("runs/split.csv"))
+    co.add_argument("--part", default="val", choices=["train", "val", "test"],
+                    help="score on this part (default val: choose on val, look at test once)")
+    co.add_argument("--tta", action="store_true", help="add rows with the 4 flips of each image averaged")
+    co.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
+    co.add_argument("--out", type=Path, default=None, help="also write the comparison as JSON here")
+    co.add_argument("--threads", type=int, default=0)
+    co.set_defaults(func=cmd_compare)
     ex = verbs.add_parser("export", help="checkpoint -> model package (ONNX with calibration, ORT Mobile form)")
     ex.add_argument("--checkpoint", type=Path, default=Path("runs/train/best.pt"))
     add_data_arguments(ex, metadata=False)

@@ -9,7 +9,10 @@ Why this recipe (the bar: a plain fine-tune peaks at ~0.72 validation balanced a
   removes the remaining prior, so the argmax of the logits targets *balanced* accuracy;
 - an exponential moving average of the weights smooths the noisy late epochs that made the plain recipe
   drift, and it is the EMA model that is evaluated, selected and exported;
-- augmentation suited to dermoscopy (any rotation, flips, zoom, colour) in one batched affine op.
+- augmentation suited to dermoscopy (any rotation, flips, zoom, colour) in one batched affine op;
+- optional distillation (`--teacher CKPT`, repeatable): the loss also pulls the student towards the averaged,
+  flip-averaged logits of trained models (Hinton et al. 2015), so one small network learns what an ensemble
+  knows without the ensemble's inference cost. The teachers' logits are computed once per run and cached.
 
 The diagnoses are data (`TrainConfig.label_set`, HAM10000's seven by default, any `--labels FILE`); the
 checkpoint carries them, so evaluation and export use the labels the model was trained with.
@@ -79,6 +82,9 @@ class TrainConfig:
     max_images: int = 0                        # >0: use a per-split subset (tests, smoke runs)
     label_set: list[dict] = field(default_factory=HAM10000.to_json)  # the diagnoses in output order (LabelSet)
     compile: str | None = None                 # torch.compile backend for training steps, e.g. "inductor"; None: eager
+    teachers: list[str] = field(default_factory=list)  # checkpoints to distil from (same labels and input size)
+    distill_weight: float = 0.7                # share of the distillation term in the loss when teachers are given
+    distill_temperature: float = 2.0           # softens both distributions in the distillation term
 
     @property
     def labels(self) -> LabelSet:
@@ -103,6 +109,7 @@ class SplitData:
     images: torch.Tensor   # uint8 (N, H, W, 3)
     labels: torch.Tensor   # int64 (N,)
     image_ids: list[str]
+    teacher_logits: torch.Tensor | None = None  # float (N, classes): the distillation targets, when distilling
 
 
 def load_split_data(config: TrainConfig, parts=("train", "val")) -> dict[str, SplitData]:
@@ -279,6 +286,10 @@ def train_one_epoch(model, ema, data: SplitData, optimizer, scheduler, config: T
             logits = model(images)
         loss = F.cross_entropy(logits.float() + config.logit_adjustment * log_prior, labels,
                                label_smoothing=config.label_smoothing)
+        if data.teacher_logits is not None:
+            targets = to_device(data.teacher_logits[index], device)
+            loss = (1 - config.distill_weight) * loss + config.distill_weight * distillation_loss(
+                logits.float(), targets, config.distill_temperature)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -296,6 +307,40 @@ def train_one_epoch(model, ema, data: SplitData, optimizer, scheduler, config: T
             bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
     total_loss, correct, seen = distributed.sum_over_processes(context, [total_loss, correct, seen])
     return {"train_loss": total_loss / max(1, seen), "train_accuracy": correct / max(1, seen)}
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) of the temperature-softened distributions, times T^2 so its gradient keeps the
+    scale of the cross-entropy's as T changes (Hinton et al. 2015). Both sides are the balanced logits (no
+    prior added): the teachers were trained with the same logit adjustment, so their logits already aim at
+    balanced accuracy."""
+    return F.kl_div(F.log_softmax(student_logits / temperature, 1), F.log_softmax(teacher_logits / temperature, 1),
+                    reduction="batchmean", log_target=True) * temperature ** 2
+
+
+def teacher_logits(config: TrainConfig, data: SplitData, device: torch.device) -> torch.Tensor:
+    """The mean flip-averaged logits of `config.teachers` on the (unaugmented) training images.
+
+    A teacher must share the run's labels (same codes, same order) and input size and resize rule,
+    so its logits line up with the student's outputs and are computed on the same decoded pixels.
+    """
+    total = None
+    for path in config.teachers:
+        checkpoint = load_checkpoint(path)
+        codes = checkpoint_labels(checkpoint).codes
+        if list(codes) != list(config.labels.codes):
+            raise ValueError(f"teacher {path} predicts {list(codes)}, this run {list(config.labels.codes)}: "
+                             "distil only from models trained on the same label set")
+        preprocess = PreprocessConfig.from_json(checkpoint["preprocess"])
+        if tuple(preprocess.size) != tuple(config.input_size) or preprocess.resize != config.resize:
+            raise ValueError(f"teacher {path} reads {list(preprocess.size)} {preprocess.resize} images, this run "
+                             f"{list(config.input_size)} {config.resize}: use the teacher's --input-size/--resize")
+        teacher = model_from_checkpoint(checkpoint).to(device, memory_format=torch.channels_last)
+        logits = torch.from_numpy(predict_logits(teacher, data.images, device=device, tta=True))
+        total = logits if total is None else total + logits
+        log.info("teacher %s: balanced accuracy %.3f on the training images", path,
+                 balanced_accuracy_score(data.labels.numpy(), logits.argmax(1).numpy()))
+    return total / len(config.teachers)
 
 
 @torch.no_grad()
@@ -425,6 +470,8 @@ def _train(config: TrainConfig, out_dir: Path, last_path: Path, best_path: Path,
 
     labels = config.labels
     log.info("%d labels: %s", len(labels), ", ".join(labels.codes))
+    if config.teachers:
+        data["train"].teacher_logits = cached_teacher_logits(config, data["train"], device, out_dir)
     model = create_model(config.arch, config.pretrained if checkpoint is None else None, num_classes=len(labels),
                          dropout=config.dropout).to(device, memory_format=torch.channels_last)
     ema = ExponentialMovingAverage(model, config.ema_decay)
@@ -488,6 +535,21 @@ def _train(config: TrainConfig, out_dir: Path, last_path: Path, best_path: Path,
     log.info("best epoch %s: val balanced accuracy %.3f -> %s", best.get("epoch"),
              best["val_balanced_accuracy"], best_path)
     return best_path
+
+
+def cached_teacher_logits(config: TrainConfig, data: SplitData, device: torch.device, out_dir: Path) -> torch.Tensor:
+    """`teacher_logits`, kept in the run folder so a resumed run does not recompute them (minutes on a CPU)."""
+    path = out_dir / "teacher_logits.pt"
+    key = {"teachers": [str(t) for t in config.teachers], "image_ids": data.image_ids}
+    if path.is_file():
+        cached = torch.load(path, weights_only=True)
+        if cached["key"] == key:
+            return cached["logits"]
+    start = time.time()
+    logits = teacher_logits(config, data, device)
+    save_checkpoint({"key": key, "logits": logits}, path)
+    log.info("teacher logits for %d images in %.0fs (cached in %s)", len(logits), time.time() - start, path)
+    return logits
 
 
 def _export_state(model, config: TrainConfig, row: dict) -> dict:
