@@ -209,7 +209,7 @@ def test_isic_shaped_data_set_trains_exports_and_runs_with_its_8_labels(isic_lik
                  "--threads", "2"]) == 0
     import onnx
 
-    from skinscan.export import read_metadata as onnx_metadata
+    from skinscan.onnx_metadata import read_metadata as onnx_metadata
 
     metadata = onnx_metadata(onnx.load(str(package / "skinscan.onnx")))
     assert metadata["skinscan.labels"] == list(expected)

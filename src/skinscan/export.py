@@ -25,6 +25,7 @@ from skinscan.assess import ASSESS
 from skinscan.gate import SCORES, LesionDistance, gate_dims, gate_statistics, image_quality
 from skinscan.labels import HAM10000, LabelSet
 from skinscan.model import SkinLesionNet
+from skinscan.onnx_metadata import set_metadata
 from skinscan.ort_mobile import convert_to_ort
 from skinscan.preprocess import PreprocessConfig
 from skinscan.runtime import CAM, CLASSIFICATION_OUTPUTS, INPUT_NAME
@@ -160,17 +161,6 @@ def package_metadata(preprocess: PreprocessConfig, model_info: dict, temperature
     }
     values.update(extra or {})
     return {key: json.dumps(value) for key, value in values.items()}
-
-
-def set_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
-    existing = {p.key: p for p in model.metadata_props}
-    for key, value in metadata.items():
-        prop = existing.get(key) or model.metadata_props.add()
-        prop.key, prop.value = key, value
-
-
-def read_metadata(model: onnx.ModelProto) -> dict:
-    return {p.key: json.loads(p.value) for p in model.metadata_props if p.key.startswith("skinscan.")}
 
 
 def export_onnx(model: SkinLesionNet, preprocess: PreprocessConfig, path: str | Path, temperature: float = 1.0,

@@ -13,6 +13,7 @@ from pathlib import Path
 import onnx
 
 from skinscan import DISCLAIMER
+from skinscan.onnx_metadata import read_metadata
 from skinscan.report import render_markdown
 
 
@@ -146,7 +147,7 @@ def _safety_section(gate: dict | None, metrics: dict) -> str:
 
 def render_model_card(package_dir: str | Path, metrics: dict, command: str, notes: str = "") -> str:
     package_dir = Path(package_dir)
-    meta = {p.key: json.loads(p.value) for p in onnx.load(str(package_dir / "skinscan.onnx")).metadata_props}
+    meta = read_metadata(onnx.load(str(package_dir / "skinscan.onnx")))
     quantization_path = package_dir / "quantization.json"
     quantization = json.loads(quantization_path.read_text()) if quantization_path.is_file() else None
     gate_path = package_dir / "gate.json"

@@ -48,6 +48,7 @@ from skinscan.data import load_split_images
 from skinscan.labels import HAM10000, LabelSet
 from skinscan.manifest import verify_file, write_manifest
 from skinscan.metrics import classification_metrics
+from skinscan.onnx_metadata import read_metadata, set_metadata
 from skinscan.ort_mobile import convert_to_ort
 from skinscan.preprocess import PreprocessConfig
 from skinscan.runtime import CAM, CLASSIFICATION_OUTPUTS, FP32_FILE, INT8_FILE
@@ -469,9 +470,7 @@ def refit_gate_thresholds(int8_path: Path, val_images: np.ndarray) -> dict:
     scores = session(int8_path).run([ASSESS], {"image": val_images})[0]
     spec = {**choose_thresholds(scores), "precision": "int8"}
     model = onnx.load(str(int8_path))
-    for prop in model.metadata_props:
-        if prop.key == "skinscan.assess":
-            prop.value = json.dumps(spec)
+    set_metadata(model, {"skinscan.assess": json.dumps(spec)})
     onnx.save(model, str(int8_path))
     return {"val_rejected": spec["val_rejected"],
             "lesion_distance_threshold": spec["checks"][-1]["above"]}
@@ -539,7 +538,7 @@ def quantize_package(package_dir: str | Path, data_dir: str | Path, split_csv: s
     package_dir = Path(package_dir)
     fp32_path, int8_path = package_dir / FP32_FILE, package_dir / INT8_FILE
     verify_file(package_dir, FP32_FILE)
-    metadata = {p.key: json.loads(p.value) for p in onnx.load(str(fp32_path)).metadata_props}
+    metadata = read_metadata(onnx.load(str(fp32_path)))
     config = PreprocessConfig.from_json(metadata["skinscan.preprocess"])
     label_set = LabelSet.from_metadata(metadata)
     calibration = sample_calibration_images(data_dir, split_csv, config, calibration_count, seed, label_set)
