@@ -48,6 +48,11 @@ def test_train_then_evaluate(ham10000_dir, split_csv, pretrained_v3_small, tmp_p
     np.testing.assert_allclose(predictions.sum(1), 1.0, atol=1e-5)
     assert 0 <= metrics["balanced_accuracy"] <= 1 and metrics["calibration"]["temperature"] > 0
     assert "## Calibration" in (tmp_path / "eval" / "report.md").read_text()
+    assert "per-class bias" in (tmp_path / "eval" / "report.md").read_text()
+    compared = metrics["calibration"]["compared"]
+    assert [row["calibrator"].split(" ")[0] for row in compared] == ["none", "temperature", "temperature"]
+    # Temperature never moves the argmax: same balanced accuracy as the raw logits.
+    assert compared[1]["balanced_accuracy"] == compared[0]["balanced_accuracy"] == metrics["balanced_accuracy"]
 
     # The checkpoint packages into the contract ONNX graph, calibrated on val, with its ORT Mobile form.
     metadata = build_package(best, ham10000_dir, split_csv, tmp_path / "package", threads=2)

@@ -1,12 +1,15 @@
 """Temperature scaling (Guo et al. 2017): one scalar T fitted on validation logits by minimising NLL.
 
 numpy + scipy only, so export (which bakes 1/T into the graph) and evaluation share one definition.
+`fit_temperature_and_bias` is the comparison the evaluation report shows beside it: T plus one bias per
+class, which can undo the class prior the training shifts on purpose (better calibrated, but it moves the
+argmax, so balanced accuracy changes; see `docs/RESULTS.md`).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize, minimize_scalar
 from scipy.special import log_softmax
 
 
@@ -27,3 +30,23 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, bounds: tuple[float,
                              bounds=(np.log(bounds[0]), np.log(bounds[1])), method="bounded",
                              options={"xatol": 1e-4})
     return float(np.exp(result.x))
+
+
+def fit_temperature_and_bias(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+    """T and per-class biases b (mean 0) minimising the NLL of `labels` under softmax(logits / T + b).
+
+    Unlike T alone this changes which class is largest: it is reported for comparison, never exported.
+    """
+    if len(labels) == 0:
+        raise ValueError("cannot fit a calibration on an empty validation set")
+    logits = np.asarray(logits, dtype=np.float64)
+    rows = np.arange(len(labels))
+
+    def loss(params: np.ndarray) -> float:
+        return float(-log_softmax(logits / np.exp(params[0]) + params[1:], axis=1)[rows, labels].mean())
+
+    start = np.concatenate([[np.log(fit_temperature(logits, labels))], np.zeros(logits.shape[1])])
+    result = minimize(loss, start, method="L-BFGS-B",
+                      bounds=[(np.log(0.05), np.log(20.0))] + [(-20.0, 20.0)] * logits.shape[1])
+    bias = result.x[1:] - result.x[1:].mean()
+    return float(np.exp(result.x[0])), bias
