@@ -1,6 +1,7 @@
 """A tiny end-to-end run on real HAM10000 images: train, evaluate, and resume after an interruption."""
 
 import json
+import os
 
 import numpy as np
 import onnxruntime as ort
@@ -135,6 +136,10 @@ def test_distillation_run_caches_teacher_logits_and_refuses_mismatched_teachers(
     train(tiny_config(ham10000_dir, split_csv, tmp_path / "student", None, warmup_epochs=0, epochs=1,
                       teachers=[str(teacher)]))
     assert cache.stat().st_mtime_ns == mtime  # reused, not recomputed
+    os.utime(teacher)  # a teacher retrained in place: the cache no longer matches and is recomputed
+    train(tiny_config(ham10000_dir, split_csv, tmp_path / "student", None, warmup_epochs=0, epochs=1,
+                      teachers=[str(teacher)]))
+    assert cache.stat().st_mtime_ns != mtime
 
     # `skinscan compare`: each model, with flips, and the ensemble, each against the first (paired).
     comparison = compare_checkpoints([teacher, tmp_path / "student" / "best.pt"], ham10000_dir, split_csv,

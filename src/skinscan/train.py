@@ -538,9 +538,15 @@ def _train(config: TrainConfig, out_dir: Path, last_path: Path, best_path: Path,
 
 
 def cached_teacher_logits(config: TrainConfig, data: SplitData, device: torch.device, out_dir: Path) -> torch.Tensor:
-    """`teacher_logits`, kept in the run folder so a resumed run does not recompute them (minutes on a CPU)."""
+    """`teacher_logits`, kept in the run folder so a resumed run does not recompute them (minutes on a CPU).
+
+    The cache is keyed by the teachers' paths, sizes and modification times and the image ids, so a teacher
+    retrained in place or another image set recomputes it.
+    """
     path = out_dir / "teacher_logits.pt"
-    key = {"teachers": [str(t) for t in config.teachers], "image_ids": data.image_ids}
+    key = {"teachers": [str(t) for t in config.teachers],
+           "teacher_files": [[os.stat(t).st_size, os.stat(t).st_mtime_ns] for t in config.teachers],
+           "image_ids": data.image_ids}
     if path.is_file():
         cached = torch.load(path, weights_only=True)
         if cached["key"] == key:
