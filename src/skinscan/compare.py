@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from skinscan.data import read_split
-from skinscan.evaluate import checkpoint_logits
+from skinscan.evaluate import checkpoint_model_and_data
 from skinscan.metrics import bootstrap_intervals, paired_bootstrap_difference
-from skinscan.train import checkpoint_labels, load_checkpoint, softmax
+from skinscan.train import checkpoint_labels, predict_logits, softmax
 
 
 def _same_images(results: list[dict], names: list[str]) -> None:
@@ -35,17 +35,19 @@ def compare_checkpoints(checkpoints: list[str | Path], data_dir, split_csv, part
     each row's paired difference from the first checkpoint. `tta` adds flip-averaged rows."""
     if not checkpoints:
         raise ValueError("give at least one --checkpoint")
-    codes = [tuple(checkpoint_labels(load_checkpoint(c)).codes) for c in checkpoints]
-    if len(set(codes)) > 1:
-        raise ValueError(f"the checkpoints predict different label sets {sorted(set(codes))}: nothing to compare")
-    labels = list(codes[0])
     variants = [False, True] if tta else [False]
-    names, scored = [], []
-    for checkpoint in checkpoints:
+    names, scored, codes = [], [], []
+    for path in checkpoints:
+        checkpoint, model, data = checkpoint_model_and_data(path, data_dir, split_csv, parts=(part,), threads=threads)
+        codes.append(tuple(checkpoint_labels(checkpoint).codes))
+        if len(set(codes)) > 1:
+            raise ValueError(f"the checkpoints predict different label sets {sorted(set(codes))}: "
+                             "nothing to compare")
         for flip in variants:
-            result = checkpoint_logits(checkpoint, data_dir, split_csv, parts=(part,), tta=flip, threads=threads)[part]
-            names.append(f"{checkpoint}{' + flips' if flip else ''}")
-            scored.append(result)
+            names.append(f"{path}{' + flips' if flip else ''}")
+            scored.append({"logits": predict_logits(model, data[part].images, tta=flip),
+                           "labels": data[part].labels.numpy(), "image_ids": data[part].image_ids})
+    labels = list(codes[0])
     _same_images(scored, names)
     if len(checkpoints) > 1:
         for flip in variants:

@@ -29,10 +29,11 @@ from skinscan.train import (
 )
 
 
-def checkpoint_logits(checkpoint_path: str | Path, data_dir: str | Path | DataSource, split_csv: str | Path,
-                      parts=("val", "test"), tta: bool = False, threads: int = 0) -> dict:
-    """Logits of the checkpoint's model for each part, with the labels (indices into the checkpoint's
-    label set) and image ids. `data_dir`: a HAM10000-style folder, a folder of images or a DataSource."""
+def checkpoint_model_and_data(checkpoint_path: str | Path, data_dir: str | Path | DataSource, split_csv: str | Path,
+                              parts=("val", "test"), threads: int = 0) -> tuple[dict, torch.nn.Module, dict]:
+    """The checkpoint, its model, and the split's parts decoded the way that model reads them.
+
+    Loaded once so a caller scoring several ways (plain and flip-averaged) neither reloads nor re-decodes."""
     checkpoint = load_checkpoint(checkpoint_path)
     model = model_from_checkpoint(checkpoint)
     preprocess = PreprocessConfig.from_json(checkpoint["preprocess"])
@@ -41,7 +42,14 @@ def checkpoint_logits(checkpoint_path: str | Path, data_dir: str | Path | DataSo
                          label_set=checkpoint_labels(checkpoint).to_json())
     if threads:
         torch.set_num_threads(threads)
-    data = load_split_data(config, parts=parts)
+    return checkpoint, model, load_split_data(config, parts=parts)
+
+
+def checkpoint_logits(checkpoint_path: str | Path, data_dir: str | Path | DataSource, split_csv: str | Path,
+                      parts=("val", "test"), tta: bool = False, threads: int = 0) -> dict:
+    """Logits of the checkpoint's model for each part, with the labels (indices into the checkpoint's
+    label set) and image ids. `data_dir`: a HAM10000-style folder, a folder of images or a DataSource."""
+    _, model, data = checkpoint_model_and_data(checkpoint_path, data_dir, split_csv, parts, threads)
     return {part: {"logits": predict_logits(model, d.images, tta=tta), "labels": d.labels.numpy(),
                    "image_ids": d.image_ids} for part, d in data.items()}
 
