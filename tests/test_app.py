@@ -244,6 +244,7 @@ def node() -> str:
 @pytest.mark.parametrize(("height", "width", "size", "rule"), [
     (150, 200, (210, 280), "center_crop"),  # HAM10000 copy: upscaling
     (480, 640, (210, 280), "center_crop"),  # the app's camera frames
+    (480, 640, (252, 336), "center_crop"),  # the same, at the bundled model's input size
     (720, 1280, (210, 280), "center_crop"),  # landscape, cropped at the sides
     (1280, 720, (210, 280), "center_crop"),  # portrait: Pillow runs the vertical pass first
     (3000, 4000, (210, 280), "center_crop"),  # a phone photo

@@ -46,12 +46,21 @@ def test_bundled_model_follows_the_contract(precision):
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_bundled_model_has_the_explanation_output(precision):
-    """Both files output `cam` (Grad-CAM of the top class, float [N, 7, 9] for the 210x280 input)."""
+    """Both files output `cam` (Grad-CAM of the top class, float [N, h, w] with h, w the input size after the
+    network's five stride-2 stages: [8, 11] for a 252x336 input, [7, 9] for 210x280)."""
     classifier = Classifier.load(precision=precision, threads=1)
     cam = next((o for o in classifier.session.get_outputs() if o.name == "cam"), None)
     assert classifier.has_cam and cam is not None, "re-export the bundled package: it has no `cam` output"
-    assert cam.type == "tensor(float)" and cam.shape[1:] == [7, 9]
+    expected = [_after_strides(side) for side in classifier.metadata["skinscan.preprocess"]["size"]]
+    assert cam.type == "tensor(float)" and cam.shape[1:] == expected
     assert "cam" in classifier.metadata["skinscan.outputs"]
+
+
+def _after_strides(side: int, stages: int = 5) -> int:
+    """A side's length after `stages` stride-2 convolutions with padding (each rounds up)."""
+    for _ in range(stages):
+        side = -(-side // 2)
+    return side
 
 
 @pytest.fixture(scope="module")

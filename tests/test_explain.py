@@ -31,7 +31,7 @@ from skinscan.preprocess import PreprocessConfig  # noqa: E402
 from skinscan.quantize import explanation_only_nodes, quantize_package_model, session  # noqa: E402
 from skinscan.runtime import Classifier  # noqa: E402
 
-SIZE = PreprocessConfig((210, 280), "center_crop")  # the bundled model's input: a 7x9 last feature map
+SIZE = PreprocessConfig((210, 280), "center_crop")  # a 7x9 last feature map (small enough to check by hand)
 MAP_SHAPE = (7, 9)
 
 

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from skinscan.app_server import BROWSER_PRECISION
 from skinscan.hostile import build_corpus
 from skinscan.preprocess import ImageError
 from skinscan.runtime import Classifier, bundled_package_dir
@@ -78,19 +79,23 @@ def test_predict_goes_past_every_bad_file_and_lists_it(corpus):
 
 
 def test_app_upload_handles_or_refuses_each_input(corpus, classifier, tmp_path):
+    """The app answers like the Python runtime at the precision the browser runs (FP32): near a threshold,
+    INT8 and FP32 may rightly differ (the bundled INT8's lesion distance for rotated.jpg is 14.3 against its
+    threshold 13.7, FP32's 12.1 against 12.7)."""
     app_tests = pytest.importorskip("test_app", reason="the browser harness lives in tests/test_app.py")
     app_tests.browser_tools()  # skips, saying what to install, without Chromium and playwright-core
     document = app_tests.drive({"scenario": "photos", "server": app_tests.server_command(bundled_package_dir()),
                                 "photos": [str(path) for path, _ in corpus]}, tmp_path, timeout=300)
     outcomes = {result["source"]: result for result in document["results"]}
     assert len(outcomes) == len(corpus)
+    browser_precision = Classifier.load(precision=BROWSER_PRECISION)
     for path, entry in corpus:
         outcome = outcomes[path.name]
         if entry.expect == "refuse":
             assert outcome.get("error"), (entry.name, outcome)
         else:
             assert not outcome.get("error"), (entry.name, outcome)
-            python = classifier.classify(path)
+            python = browser_precision.classify(path)
             assert outcome["label"] in classifier.labels
             if classifier.has_assess:  # the same "cannot assess" answer as the Python runtime
                 assert outcome["cannotAssessReason"] == python.cannot_assess, entry.name

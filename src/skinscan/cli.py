@@ -393,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--pretrained", default="imagenet",
                     help="'imagenet' (torchvision download), a local state_dict .pth with its .json beside it, "
                          "or 'none' (random initialisation)")
-    tr.add_argument("--input-size", type=int, nargs=2, default=(210, 280), metavar=("H", "W"))
+    tr.add_argument("--input-size", type=int, nargs=2, default=(252, 336), metavar=("H", "W"),
+                    help="network input (height, width); the default is 1.68x HAM10000's 150x200 source")
     tr.add_argument("--resize", default="center_crop", choices=["center_crop", "stretch"])
     tr.add_argument("--warmup-epochs", type=int, default=1, help="head-only epochs with the backbone frozen")
     tr.add_argument("--epochs", type=int, default=12, help="full fine-tuning epochs")

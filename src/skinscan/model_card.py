@@ -195,7 +195,8 @@ def render_model_card(package_dir: str | Path, metrics: dict, command: str, note
         "## Evaluation data\n\n"
         "Our own lesion-disjoint test split (15% of the lesions of the developers' 8,512-image HAM10000 part, "
         "stratified by diagnosis, every image of a lesion in one part; `skinscan data split --seed 0`). It was "
-        "used once, for these numbers, never for training, model selection or calibration.",
+        "used only to report results, never for training, model selection or calibration; every look at it is "
+        "listed in the repository's docs/RESULTS.md.",
         "## Training data\n\n"
         f"{meta['skinscan.training_data']}. Validation split (15% of lesions) for model selection, the temperature "
         "and the malignancy threshold. Tschandl, P., Rosendahl, C. & Kittler, H. The HAM10000 dataset. "
