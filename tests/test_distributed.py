@@ -1,11 +1,13 @@
 """`skinscan train` under torchrun: 2 CPU processes on gloo against 1 process with the same global batch,
-exact resume of a 2-process run, and its checkpoint in the normal exporter."""
+exact resume of a 2-process run, its checkpoint in the normal exporter, and distillation targets computed
+once, sharded over the processes."""
 
 import json
 import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +20,8 @@ from skinscan import distributed  # noqa: E402
 from skinscan import train as train_module  # noqa: E402
 from skinscan.export import build_package  # noqa: E402
 from skinscan.manifest import verify_file  # noqa: E402
-from skinscan.train import TrainConfig, load_checkpoint  # noqa: E402
+from skinscan.model import create_model  # noqa: E402
+from skinscan.train import SplitData, TrainConfig, load_checkpoint, save_checkpoint  # noqa: E402
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
@@ -123,3 +126,55 @@ def test_global_batch_must_split_evenly(ham10000_dir, split_csv, tmp_path, monke
     config = TrainConfig(data_dir=str(ham10000_dir), split_csv=str(split_csv), out_dir=str(tmp_path), batch_size=16)
     with pytest.raises(ValueError, match="divisible by the 3 processes"):
         train_module.train(config)
+
+
+def _teacher_worker(rank: int, world_size: int, port: int, config: dict, data_file: str, out_file: str) -> None:
+    """One torchrun-like process asking for the distillation targets; records how many images it ran."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    context = distributed.context_from_environment()
+    device = distributed.start(context, torch.device("cpu"))
+    seen = []
+    original = train_module.predict_logits
+
+    def counting(model, images, *args, **kwargs):
+        seen.append(len(images))
+        return original(model, images, *args, **kwargs)
+
+    train_module.predict_logits = counting
+    config = TrainConfig.from_json(config)
+    logits = train_module.cached_teacher_logits(config, SplitData(**torch.load(data_file)), device,
+                                                Path(config.out_dir), context)
+    torch.save({"logits": logits, "seen": seen}, out_file.format(rank=rank))
+    distributed.stop(context)
+
+
+def test_teacher_logits_are_sharded_over_processes_and_cached_once(tmp_path):
+    config = TrainConfig(data_dir="", split_csv="", out_dir=str(tmp_path / "run"), pretrained=None,
+                         input_size=(64, 96), teachers=[str(tmp_path / "teacher.pt")])
+    (tmp_path / "run").mkdir()
+    teacher = create_model("mobilenet_v3_small", None).eval()
+    save_checkpoint(train_module._export_state(teacher, config, {}), tmp_path / "teacher.pt")
+    generator = torch.Generator().manual_seed(0)
+    data = {"images": torch.randint(0, 256, (11, 64, 96, 3), dtype=torch.uint8, generator=generator),
+            "labels": torch.arange(11) % 7, "image_ids": [f"img{i}" for i in range(11)]}
+    torch.save(data, tmp_path / "data.pt")
+    expected = train_module.teacher_logits(config, SplitData(**data), torch.device("cpu"))
+
+    def spawn():
+        out = str(tmp_path / "rank{rank}.pt")
+        mp.spawn(_teacher_worker, args=(2, _free_port(), config.to_json(), str(tmp_path / "data.pt"), out),
+                 nprocs=2, join=True)
+        return [torch.load(out.format(rank=rank)) for rank in range(2)]
+
+    first = spawn()
+    assert sorted(result["seen"] for result in first) == [[5], [6]]  # each process ran its shard only
+    for result in first:  # and every process got all 11 rows back, in order
+        torch.testing.assert_close(result["logits"], expected, rtol=1e-4, atol=1e-4)
+    cache = tmp_path / "run" / "teacher_logits.pt"
+    written = cache.stat().st_mtime_ns
+    second = spawn()  # a resumed run: both processes read the cache, none recomputes or rewrites it
+    assert [result["seen"] for result in second] == [[], []]
+    assert cache.stat().st_mtime_ns == written
+    torch.testing.assert_close(second[0]["logits"], expected, rtol=1e-4, atol=1e-4)

@@ -319,11 +319,13 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
                     reduction="batchmean", log_target=True) * temperature ** 2
 
 
-def teacher_logits(config: TrainConfig, data: SplitData, device: torch.device) -> torch.Tensor:
+def teacher_logits(config: TrainConfig, data: SplitData, device: torch.device,
+                   context: distributed.Context = distributed.SINGLE_PROCESS) -> torch.Tensor:
     """The mean flip-averaged logits of `config.teachers` on the (unaugmented) training images.
 
     A teacher must share the run's labels (same codes, same order) and input size and resize rule,
     so its logits line up with the student's outputs and are computed on the same decoded pixels.
+    Under torchrun each process computes its shard of the images and all get the whole result back.
     """
     total = None
     for path in config.teachers:
@@ -337,7 +339,8 @@ def teacher_logits(config: TrainConfig, data: SplitData, device: torch.device) -
             raise ValueError(f"teacher {path} reads {list(preprocess.size)} {preprocess.resize} images, this run "
                              f"{list(config.input_size)} {config.resize}: use the teacher's --input-size/--resize")
         teacher = model_from_checkpoint(checkpoint).to(device, memory_format=torch.channels_last)
-        logits = torch.from_numpy(predict_logits(teacher, data.images, device=device, tta=True))
+        shard_logits = predict_logits(teacher, distributed.shard(context, data.images), device=device, tta=True)
+        logits = torch.from_numpy(distributed.gather_shards(context, shard_logits, len(data.images)))
         total = logits if total is None else total + logits
         log.info("teacher %s: balanced accuracy %.3f on the training images", path,
                  balanced_accuracy_score(data.labels.numpy(), logits.argmax(1).numpy()))
@@ -472,7 +475,7 @@ def _train(config: TrainConfig, out_dir: Path, last_path: Path, best_path: Path,
     labels = config.labels
     log.info("%d labels: %s", len(labels), ", ".join(labels.codes))
     if config.teachers:
-        data["train"].teacher_logits = cached_teacher_logits(config, data["train"], device, out_dir)
+        data["train"].teacher_logits = cached_teacher_logits(config, data["train"], device, out_dir, context)
     model = create_model(config.arch, config.pretrained if checkpoint is None else None, num_classes=len(labels),
                          dropout=config.dropout).to(device, memory_format=torch.channels_last)
     ema = ExponentialMovingAverage(model, config.ema_decay)
@@ -538,23 +541,27 @@ def _train(config: TrainConfig, out_dir: Path, last_path: Path, best_path: Path,
     return best_path
 
 
-def cached_teacher_logits(config: TrainConfig, data: SplitData, device: torch.device, out_dir: Path) -> torch.Tensor:
+def cached_teacher_logits(config: TrainConfig, data: SplitData, device: torch.device, out_dir: Path,
+                          context: distributed.Context = distributed.SINGLE_PROCESS) -> torch.Tensor:
     """`teacher_logits`, kept in the run folder so a resumed run does not recompute them (minutes on a CPU).
 
     The cache is keyed by the teachers' paths, sizes and modification times and the image ids, so a teacher
-    retrained in place or another image set recomputes it.
+    retrained in place or another image set recomputes it. Under torchrun the processes use the cache only if
+    every one of them can read a matching copy (otherwise all recompute, sharded, so none waits in a collective
+    the others skipped), and only rank 0 writes it.
     """
     path = out_dir / "teacher_logits.pt"
     key = {"teachers": [str(t) for t in config.teachers],
            "teacher_files": [[os.stat(t).st_size, os.stat(t).st_mtime_ns] for t in config.teachers],
            "image_ids": data.image_ids}
-    if path.is_file():
-        cached = torch.load(path, weights_only=True)
-        if cached["key"] == key:
-            return cached["logits"]
+    cached = torch.load(path, weights_only=True) if path.is_file() else None
+    usable = cached is not None and cached["key"] == key
+    if distributed.sum_over_processes(context, [float(usable)])[0] == context.world_size:
+        return cached["logits"]
     start = time.time()
-    logits = teacher_logits(config, data, device)
-    save_checkpoint({"key": key, "logits": logits}, path)
+    logits = teacher_logits(config, data, device, context)
+    if context.is_main:
+        save_checkpoint({"key": key, "logits": logits}, path)
     log.info("teacher logits for %d images in %.0fs (cached in %s)", len(logits), time.time() - start, path)
     return logits
 
