@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job, end to end: set up .venv, validate HAM10000, split it by lesion, train MobileNetV3-Small from
 # the local ImageNet weights (252x336 input), build the model package (FP32 + INT8), evaluate it on the held-out
-# test split and write its model card. ~90 minutes on a 2-core CPU, 80 of them training; every step writes under
-# runs/ and prints where its results went. `bash scripts/bundle_model.sh` then copies the package into the wheel.
+# test split and write its model card. 1-1.5 hours on a 2-core CPU, 45-80 minutes of it training; every step
+# writes under runs/ and prints where its results went. `bash scripts/bundle_model.sh` then copies the package
+# into the wheel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${SKINSCAN_DATA:-../shared/data/ham10000}"
