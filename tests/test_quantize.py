@@ -14,6 +14,7 @@ from skinscan.manifest import verify_file, write_manifest  # noqa: E402
 from skinscan.model import create_model  # noqa: E402
 from skinscan.preprocess import PreprocessConfig  # noqa: E402
 from skinscan.quantize import (  # noqa: E402
+    FLOAT_BLOCKS,
     feed_pixels_to_stem,
     fold_normalization_into_stem,
     fuse_hardsigmoid_gates,
@@ -132,6 +133,24 @@ def test_temperature_and_softmax_stay_float(quantized_pair):
     assert settings["calibrate_method"] == "MinMax" and settings["float_nodes"] == 2
     ops = [n.op_type for n in onnx.load(str(edited)).graph.node]
     assert ops.count("Softmax") == 1 and "QLinearSoftmax" not in ops  # probabilities at full resolution
+
+
+def test_float_blocks_stay_entirely_float(fp32_package, lesion_images, tmp_path):
+    """Every node of the first FLOAT_BLOCKS blocks runs in float, including the HardSwish gates, which
+    quant_pre_process inlines into unnamed HardSigmoid + Mul nodes (once quantized as QLinearMul round trips)."""
+    int8 = tmp_path / "mixed.onnx"
+    quantize_package_model(fp32_package / "skinscan.onnx", int8, lesion_images[:24], calibrate_method="MinMax",
+                           float_blocks=FLOAT_BLOCKS)
+    scopes = tuple(f"/features.{i}/" for i in range(FLOAT_BLOCKS))
+    nodes = onnx.load(str(int8)).graph.node
+    integer_in_blocks = [(n.op_type, n.output[0]) for n in nodes if n.op_type.startswith("QLinear")
+                         and any(scope in out for scope in scopes for out in n.output)]
+    assert integer_in_blocks == []
+    float_gates = [n for n in nodes if n.op_type == "Mul" and any(scope in n.output[0] for scope in scopes)
+                   and "HardSwish" in n.output[0]]
+    assert len(float_gates) == 5  # the stem's HardSwish and two in each of blocks 4 and 5
+    # Quantization happens once, where block FLOAT_BLOCKS begins (plus the float heads' own inputs).
+    assert sum(n.op_type == "QuantizeLinear" for n in nodes) <= 2
 
 
 def test_quantize_package_adds_a_verified_int8_model_and_a_report(fp32_package, ham10000_dir, split_csv):

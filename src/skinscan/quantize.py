@@ -384,12 +384,31 @@ def float_block_nodes(model: onnx.ModelProto, float_blocks: int) -> list[str]:
     if float_blocks <= 0:
         return []
     scopes = tuple(f"/features.{i}/" for i in range(float_blocks))  # torch.onnx names nodes by module path
-    names = [node.name for node in model.graph.node if any(scope in node.name for scope in scopes)]
-    if not names:
+    # quant_pre_process inlines each HardSwish into an unnamed HardSigmoid + Mul, and exclusion goes by name:
+    # unnamed, those gates of the float blocks were quantized, i.e. ran as Quantize -> QLinearMul -> Dequantize
+    # round trips between float convolutions. So name every unnamed node after its first output, claim the
+    # nodes whose name or outputs lie in the blocks, then any node fed only from and feeding only into them.
+    for i, node in enumerate(model.graph.node):
+        node.name = node.name or f"{node.output[0] if node.output else 'node'}/unnamed_{i}"
+    in_blocks = {node.name for node in model.graph.node
+                 if any(scope in text for scope in scopes for text in (node.name, *node.output))}
+    if not in_blocks:
         raise ValueError(f"no nodes named .../features.0/... in this graph: cannot keep the first {float_blocks} "
                          "blocks float (export it with `skinscan export`, or pass float_blocks=0)")
     index = GraphIndex(model)
-    in_blocks = set(names)
+    grown = True
+    while grown:  # e.g. the inlined HardSigmoid: Conv (in the blocks) -> HardSigmoid -> Mul (in the blocks)
+        grown = False
+        for node in model.graph.node:
+            if node.name in in_blocks:
+                continue
+            producers = [index.producer.get(name) for name in node.input if name and name not in index.initializers]
+            consumers = [c for name in node.output for c in index.consumers.get(name, [])]
+            if producers and consumers and all(p is not None and p.name in in_blocks for p in producers) \
+                    and all(c.name in in_blocks for c in consumers):
+                in_blocks.add(node.name)
+                grown = True
+    names = [node.name for node in model.graph.node if node.name in in_blocks]
     normalisation, pending = [], [name for node in model.graph.node if node.name in in_blocks for name in node.input]
     while pending:  # walk back from the blocks through the input normalisation (Sub, Div: folded or not)
         producer = index.producer.get(pending.pop())
