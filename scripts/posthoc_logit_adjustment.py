@@ -19,8 +19,8 @@ import numpy as np
 from sklearn.metrics import balanced_accuracy_score
 
 from skinscan.data import default_data_dir, read_split
-from skinscan.evaluate import checkpoint_logits
-from skinscan.labels import HAM10000
+from skinscan.evaluate import checkpoint_model_and_data
+from skinscan.train import checkpoint_labels, predict_logits
 
 
 def main() -> None:
@@ -31,11 +31,13 @@ def main() -> None:
     parser.add_argument("--halvings", type=int, default=200)
     args = parser.parse_args()
 
-    val = checkpoint_logits(args.checkpoint, args.data, args.split, parts=("val",))["val"]
-    logits, labels = np.asarray(val["logits"], dtype=np.float64), np.asarray(val["labels"])
+    checkpoint, model, data = checkpoint_model_and_data(args.checkpoint, args.data, args.split, parts=("val",))
+    val = data["val"]
+    logits, labels = predict_logits(model, val.images).astype(np.float64), val.labels.numpy()
     split = read_split(args.split).set_index("image_id")
-    lesions = split.loc[list(val["image_ids"]), "lesion_id"].to_numpy()
-    train_counts = split[split.split == "train"].dx.value_counts().reindex(HAM10000.codes).to_numpy(float)
+    lesions = split.loc[list(val.image_ids), "lesion_id"].to_numpy()
+    codes = list(checkpoint_labels(checkpoint).codes)  # the model's output order
+    train_counts = split[split.split == "train"].dx.value_counts().reindex(codes, fill_value=0).to_numpy(float)
     log_prior = np.log(np.sqrt(train_counts) / np.sqrt(train_counts).sum())
     deltas = np.round(np.arange(-0.5, 1.01, 0.125), 3)
 

@@ -71,10 +71,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world_size: int, port: int, config: dict, resume: bool, stop_at_epoch: int) -> None:
-    """One torchrun-like process: the environment torchrun would set, then the ordinary `train`."""
+def _torchrun_environment(rank: int, world_size: int, port: int) -> None:
+    """The environment torchrun gives a process of a single-node run."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                       LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
+def _worker(rank: int, world_size: int, port: int, config: dict, resume: bool, stop_at_epoch: int) -> None:
+    """One torchrun-like process: the environment torchrun would set, then the ordinary `train`."""
+    _torchrun_environment(rank, world_size, port)
     if stop_at_epoch:
         original = train_module.train_one_epoch
 
@@ -130,8 +135,7 @@ def test_global_batch_must_split_evenly(ham10000_dir, split_csv, tmp_path, monke
 
 def _teacher_worker(rank: int, world_size: int, port: int, config: dict, data_file: str, out_file: str) -> None:
     """One torchrun-like process asking for the distillation targets; records how many images it ran."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    _torchrun_environment(rank, world_size, port)
     torch.set_num_threads(1)
     context = distributed.context_from_environment()
     device = distributed.start(context, torch.device("cpu"))

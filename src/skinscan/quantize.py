@@ -378,18 +378,27 @@ def _topological_sort(model: onnx.ModelProto) -> None:
 
 
 # ------------------------------------------------------------------------------------------- pipeline
+def name_unnamed_nodes(model: onnx.ModelProto) -> None:
+    """Give every unnamed node a unique name after its first output.
+
+    quantize_static excludes nodes by name, and quant_pre_process leaves nodes unnamed (it inlines each
+    HardSwish into an unnamed HardSigmoid + Mul): unnamed, a node meant to stay float would be quantized.
+    """
+    for i, node in enumerate(model.graph.node):
+        node.name = node.name or f"{node.output[0] if node.output else 'node'}/unnamed_{i}"
+
+
 def float_block_nodes(model: onnx.ModelProto, float_blocks: int) -> list[str]:
     """Names of the nodes of the first `float_blocks` MobileNet blocks (`features.0` ...), and of the input
-    normalisation before them: the part `skinscan quantize` leaves in float (see `FLOAT_BLOCKS`)."""
+    normalisation before them: the part `skinscan quantize` leaves in float (see `FLOAT_BLOCKS`).
+
+    Expects every node named (`name_unnamed_nodes`). A node belongs to the blocks when its name or an output
+    lies in their module scope, or when it is fed only from and feeds only into such nodes: the inlined
+    HardSwish's HardSigmoid, whose name and output are generated (once quantized, those gates ran as
+    Quantize -> QLinearMul -> Dequantize round trips between float convolutions)."""
     if float_blocks <= 0:
         return []
     scopes = tuple(f"/features.{i}/" for i in range(float_blocks))  # torch.onnx names nodes by module path
-    # quant_pre_process inlines each HardSwish into an unnamed HardSigmoid + Mul, and exclusion goes by name:
-    # unnamed, those gates of the float blocks were quantized, i.e. ran as Quantize -> QLinearMul -> Dequantize
-    # round trips between float convolutions. So name every unnamed node after its first output, claim the
-    # nodes whose name or outputs lie in the blocks, then any node fed only from and feeding only into them.
-    for i, node in enumerate(model.graph.node):
-        node.name = node.name or f"{node.output[0] if node.output else 'node'}/unnamed_{i}"
     in_blocks = {node.name for node in model.graph.node
                  if any(scope in text for scope in scopes for text in (node.name, *node.output))}
     if not in_blocks:
@@ -435,14 +444,10 @@ def quantize_package_model(fp32_path: str | Path, int8_path: str | Path, calibra
         model = onnx.load(str(prepared))
         if graph_edits:
             model = fold_normalization_into_stem(model)
+        name_unnamed_nodes(model)  # exclusion (float blocks, explanation and gate branches) goes by name
         float_names = float_block_nodes(model, float_blocks)
-        # The explanation branch stays float (module docstring); exclusion goes by name, so name them all.
-        cam_nodes = explanation_only_nodes(model)
-        for i, node in enumerate(cam_nodes):
-            node.name = node.name or f"cam_branch_{i}"
+        cam_nodes = explanation_only_nodes(model)  # the explanation branch stays float (module docstring)
         gate_nodes = gate_only_nodes(model)
-        for i, node in enumerate(gate_nodes):
-            node.name = node.name or f"gate_branch_{i}"
         onnx.save(model, str(prepared))
         # The temperature and the softmax stay float: 7 values, and uint8 probabilities would step by 1/256.
         outputs = set(CLASSIFICATION_OUTPUTS)
