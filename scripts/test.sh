@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh train,dev
 bash scripts/setup_browser.sh   # Chromium + playwright-core for the web-app tests (tests/test_app.py)
-.venv/bin/ruff check src tests benchmarks
+.venv/bin/ruff check src tests benchmarks scripts
 .venv/bin/python -m pytest -q "$@"
