@@ -1,12 +1,13 @@
-"""FP32 vs the shipped mixed-precision INT8 vs an all-INT8 graph: interleaved whole-model latency, same process.
+"""FP32 vs the shipped mixed-precision INT8 vs an all-INT8 graph: whole-model latency, interleaved run by run.
 
-    python benchmarks/int8_variants_timing.py [--model PACKAGE] [--data DIR] [--split CSV] [--rounds 9]
+    python benchmarks/int8_variants_timing.py [--model PACKAGE] [--baseline PACKAGE] [--iterations 1000]
 
 Builds the all-INT8 variant of the package's FP32 graph (`quantize_package_model(..., float_blocks=0)`, the
-same calibration as `skinscan quantize`), then times the three graphs round-robin (1 thread, batch 1, random
-pixels; each round 10 warm-up and 100 timed runs per graph) so that the VM's slow and fast phases hit all
-three alike. Prints each graph's median of round medians and the ratio FP32 / graph. The docs/RESULTS.md
-"Cannot assess" section quotes two such runs.
+same calibration as `skinscan quantize`), then times the graphs (1 thread, batch 1, random pixels): every
+iteration runs each graph once, in a fresh random order, so that this VM's slow and fast phases (whole runs
+scatter by +-30%) hit all graphs alike. Prints each graph's median and 20th percentile and FP32 / graph for
+both. `--baseline` adds another package's FP32 and INT8 graphs to the same iterations (e.g. the bundled model
+before a graph change). The docs/RESULTS.md "INT8 speed" sections quote such runs.
 """
 
 from __future__ import annotations
@@ -24,19 +25,19 @@ from skinscan.quantize import quantize_package_model, sample_calibration_images
 from skinscan.runtime import FP32_FILE, INPUT_NAME, INT8_FILE, Classifier, bundled_package_dir
 
 
-def round_medians(sessions: dict, image: np.ndarray, rounds: int, warmup: int = 10, runs: int = 100) -> dict:
-    medians = {name: [] for name in sessions}
-    for _ in range(rounds):
-        for name, session in sessions.items():
-            for _ in range(warmup):
-                session.run(None, {INPUT_NAME: image})
-            times = []
-            for _ in range(runs):
-                start = time.perf_counter()
-                session.run(None, {INPUT_NAME: image})
-                times.append(time.perf_counter() - start)
-            medians[name].append(1000 * float(np.median(times)))
-    return medians
+def interleaved_times(sessions: dict, image: np.ndarray, iterations: int, warmup: int = 20) -> dict:
+    """Milliseconds of each session's runs, every iteration running each session once in shuffled order."""
+    for session in sessions.values():
+        for _ in range(warmup):
+            session.run(None, {INPUT_NAME: image})
+    times = {name: [] for name in sessions}
+    order = np.random.default_rng(0)
+    for _ in range(iterations):
+        for name in order.permutation(list(sessions)):
+            start = time.perf_counter()
+            sessions[name].run(None, {INPUT_NAME: image})
+            times[name].append(1000 * (time.perf_counter() - start))
+    return times
 
 
 def main() -> int:
@@ -44,7 +45,8 @@ def main() -> int:
     parser.add_argument("--model", type=Path, default=None, help="model package (default: the bundled one)")
     parser.add_argument("--data", type=Path, default=default_data_dir())
     parser.add_argument("--split", type=Path, default=Path("runs/split.csv"))
-    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--baseline", type=Path, default=None, help="another package timed alongside")
+    parser.add_argument("--iterations", type=int, default=1000)
     parser.add_argument("--json", type=Path, default=Path("runs/int8_variants_timing.json"))
     args = parser.parse_args()
     package = args.model or bundled_package_dir()
@@ -54,15 +56,21 @@ def main() -> int:
         calibration = sample_calibration_images(args.data, args.split, config)
         quantize_package_model(package / FP32_FILE, all_int8, calibration, float_blocks=0)
         files = {"fp32": package / FP32_FILE, "int8 (shipped)": package / INT8_FILE, "int8 (all blocks)": all_int8}
+        if args.baseline:
+            files |= {"baseline fp32": args.baseline / FP32_FILE, "baseline int8": args.baseline / INT8_FILE}
         sessions = {name: onnx_session(path, 1) for name, path in files.items()}
         image = np.random.default_rng(0).integers(0, 256, (1, *config.size, 3), dtype=np.uint8)
-        medians = round_medians(sessions, image, args.rounds)
-    base = np.median(medians["fp32"])
-    report = {name: {"median_ms": float(np.median(values)), "round_medians_ms": values,
-                     "fp32_over_this": float(base / np.median(values))} for name, values in medians.items()}
+        times = interleaved_times(sessions, image, args.iterations)
+    report = {}
+    for name, values in times.items():
+        reference = times["baseline fp32" if name.startswith("baseline") else "fp32"]
+        report[name] = {"median_ms": float(np.median(values)), "p20_ms": float(np.percentile(values, 20)),
+                        "fp32_over_this": float(np.median(reference) / np.median(values)),
+                        "fp32_over_this_p20": float(np.percentile(reference, 20) / np.percentile(values, 20))}
+    print(f"{args.iterations} interleaved iterations, 1 thread, batch 1 (baseline rows: against the baseline's FP32)")
     for name, r in report.items():
-        print(f"{name:20s} {r['median_ms']:.2f} ms (rounds {np.round(r['round_medians_ms'], 2)}) -> FP32/this "
-              f"{r['fp32_over_this']:.2f}x")
+        print(f"{name:20s} median {r['median_ms']:.2f} ms, p20 {r['p20_ms']:.2f} ms -> FP32/this "
+              f"{r['fp32_over_this']:.2f}x (p20 {r['fp32_over_this_p20']:.2f}x)")
     print(f"results: {write_json(report, args.json)}")
     return 0
 
