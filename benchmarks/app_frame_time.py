@@ -108,7 +108,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         config = {
             "scenario": "benchmark", "chromium": chromium,
-            "server": [sys.executable, "-m", "skinscan.cli", "app", "--port", "0", "--model", str(args.model)],
+            "server": [sys.executable, "-m", "skinscan.cli", "app", "--port", "0", "--model", str(args.model.resolve())],
             "y4m": str(camera_video(Path(tmp) / "camera.y4m", args.data)), "precisions": args.precisions,
             "threads": args.threads, "frames": args.frames, "rounds": args.rounds, "timeoutMs": 120_000,
             "screenshot": str(args.screenshot.resolve()) if args.screenshot else None,

@@ -15,7 +15,8 @@ validation lesions, the network's own confidence (max logit, energy) rejected 3%
 the final pooled features rejected 18%, that of the penultimate layer 13%; the early blocks' statistics
 (texture and colour, before the network specialises) 83-89%, blocks 4+5 together 89%. The quality scores
 catch what feature distance misses: dark, washed-out, blurred, and grey images (the moon, a clock).
-Everything is a few hundred FLOPs on features the network computes anyway.
+The distance is a few hundred FLOPs on features the network computes anyway; the quality scores are a
+handful of passes over the input image (see `image_quality` for their cost).
 """
 
 from __future__ import annotations

@@ -47,7 +47,8 @@ def _quantization_section(report: dict | None) -> str:
     ]
     settings = report["settings"]
     return "\n".join(rows) + (
-        f"\n\nINT8 is {latency['int8_vs_fp32']:.2f}x the speed of FP32 in the same run; top-1 agreement "
+        f"\n\nINT8 was {latency['int8_vs_fp32']:.2f}x the speed of FP32 in `skinscan quantize`'s own run (one short "
+        "measurement; on a shared machine they scatter by +-30%, so benchmark on yours); top-1 agreement "
         f"{report['top1_agreement']:.3f} on {report['images']} {report['evaluated_on']} images. Static "
         f"quantization ({settings['format']}, per-channel weights, {settings['calibrate_method']} calibration on "
         f"{settings['calibration_images']} training images) plus the graph edits of `skinscan.quantize`."

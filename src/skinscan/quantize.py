@@ -139,7 +139,8 @@ def gate_only_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """The nodes that only the `assess` output ("cannot assess" scores) needs; empty for a graph without it.
 
     They stay float: the image-quality scores read the raw pixels, and the Mahalanobis distance squares
-    differences of feature statistics, which uint8 steps would swamp. They cost ~1% of the run time.
+    differences of feature statistics, which uint8 steps would swamp. Float in both precisions, they add the
+    same time to each (mostly the quality scores, ~0.5 ms at 252x336; docs/RESULTS.md, "INT8 speed").
     """
     return side_output_nodes(model, ASSESS)
 
