@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job, end to end: set up .venv, validate HAM10000, split it by lesion, train MobileNetV3-Small from
 # the local ImageNet weights (252x336 input), build the model package (FP32 + INT8), evaluate it on the held-out
-# test split and write its model card. 1-1.5 hours on a 2-core CPU, 45-80 minutes of it training; every step
+# test split and write its model card. About an hour on a 2-core CPU (59 min measured, 51 of it training); every step
 # writes under runs/ and prints where its results went. `bash scripts/bundle_model.sh` then copies the package
 # into the wheel.
 set -euo pipefail
