@@ -67,11 +67,12 @@ def test_measure_latency_counts_calls_and_reports_positive_numbers():
         measure_latency(lambda: None, iterations=0)
 
 
-def test_interleaved_latency_takes_turns_and_keeps_every_round():
+def test_interleaved_latency_takes_turns_call_by_call_and_keeps_every_round():
     order = []
     measured = interleaved_latency({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
                                    iterations=4, warmup=1, rounds=2)
-    assert order == ["a", "b"] + ["a", "a", "b", "b"] + ["b", "b", "a", "a"]  # warm-up, round 1, round 2 (rotated)
+    # Warm-up, then call by call with the order rotating each step: round 1 (a b, b a), round 2 (b a, a b).
+    assert order == ["a", "b"] + ["a", "b", "b", "a"] + ["b", "a", "a", "b"]
     for result in measured.values():
         assert len(result["round_medians_ms"]) == 2 and result["iterations"] == 4
         assert result["median_ms"] == min(result["round_medians_ms"])

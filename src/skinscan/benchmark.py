@@ -3,10 +3,13 @@
 Torch-free unless a checkpoint is given (torch is imported only for the eager engine). The timing helpers
 (`measure_latency`, `interleaved_latency`, `compare_latency`) are reused by the quantization report.
 
-Why interleaved rounds: on a shared machine (a training job next door, a laptop's turbo), background load
-drifts over seconds. Running engine A for 200 calls and then engine B would charge the drift to whichever
-ran at the worse moment. Instead every engine runs a short round in turn, several times, and each keeps its
-best round's median: load then hits all engines alike, and the best round is the least disturbed one.
+Why interleaved rounds: on a shared machine (a training job next door, a laptop's turbo, this project's VM,
+whose speed flips between two phases), background load drifts over seconds. Running engine A for 200 calls
+and then engine B would charge the drift to whichever ran at the worse moment. Instead the engines take
+turns call by call (the order rotating), in several rounds, and each keeps its best round's median: load
+then hits all engines alike, and the best round is the least disturbed one. (Turns of a whole round per
+engine, the first version, still let a phase flip land on one engine's round: the same two graphs measured
+1.12x and 1.22x apart in two quantization reports.)
 """
 
 from __future__ import annotations
@@ -65,11 +68,11 @@ def measure_latency(run_fn: Callable[[], object], iterations: int = 200, warmup:
 
 def interleaved_latency(runners: dict[str, Callable[[], object]], iterations: int = 200, warmup: int = 20,
                         rounds: int = 5, batch_size: int = 1) -> dict[str, dict]:
-    """`measure_latency` for several engines at once, interleaved round-robin (see the module docstring).
+    """`measure_latency` for several engines at once, interleaved call by call (see the module docstring).
 
-    Each engine is warmed up, then runs `rounds` rounds of ceil(iterations / rounds) timed calls, the
-    engines taking turns (the order rotates each round so none always follows the same neighbour). Each
-    engine reports its best round (lowest median) plus every round's median in `round_medians_ms`.
+    Each engine is warmed up; then `rounds` rounds of ceil(iterations / rounds) steps, each step timing one
+    call of every engine, the order rotating from step to step so none always follows the same neighbour.
+    Each engine reports its best round (lowest median) plus every round's median in `round_medians_ms`.
     """
     if iterations < 1 or rounds < 1:
         raise ValueError(f"iterations and rounds must be at least 1, got {iterations} and {rounds}")
@@ -82,9 +85,15 @@ def interleaved_latency(runners: dict[str, Callable[[], object]], iterations: in
     best: dict[str, dict] = {}
     medians: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
-        shift = r % len(names) if names else 0
-        for name in names[shift:] + names[:shift]:
-            result = measure_latency(runners[name], per_round, warmup=0, batch_size=batch_size)
+        times: dict[str, list[float]] = {name: [] for name in names}
+        for step in range(per_round):
+            shift = (r + step) % len(names) if names else 0
+            for name in names[shift:] + names[:shift]:
+                start = time.perf_counter()
+                runners[name]()
+                times[name].append((time.perf_counter() - start) * 1000.0)
+        for name in names:
+            result = summarize_times(times[name], batch_size)
             medians[name].append(result["median_ms"])
             if name not in best or result["median_ms"] < best[name]["median_ms"]:
                 best[name] = result
