@@ -100,6 +100,7 @@ def main() -> int:
     parser.add_argument("--screenshot", type=Path, default=None, help="save a phone-sized screenshot (FP32 run)")
     parser.add_argument("--json", type=Path, default=ROOT / "runs" / "app_frame_time.json")
     args = parser.parse_args()
+    args.model = args.model.resolve()  # the app server runs from tests/browser, not from here
 
     chromium, node = shutil.which("chromium"), shutil.which("node")
     if not chromium or not node or not (DRIVER.parent / "node_modules" / "playwright-core").is_dir():
@@ -108,7 +109,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         config = {
             "scenario": "benchmark", "chromium": chromium,
-            "server": [sys.executable, "-m", "skinscan.cli", "app", "--port", "0", "--model", str(args.model.resolve())],
+            "server": [sys.executable, "-m", "skinscan.cli", "app", "--port", "0", "--model", str(args.model)],
             "y4m": str(camera_video(Path(tmp) / "camera.y4m", args.data)), "precisions": args.precisions,
             "threads": args.threads, "frames": args.frames, "rounds": args.rounds, "timeoutMs": 120_000,
             "screenshot": str(args.screenshot.resolve()) if args.screenshot else None,
