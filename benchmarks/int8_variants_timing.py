@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-from skinscan.benchmark import onnx_session, write_json
+from skinscan.benchmark import onnx_session, timed_turns, write_json
 from skinscan.data import default_data_dir
 from skinscan.quantize import quantize_package_model, sample_calibration_images
 from skinscan.runtime import FP32_FILE, INPUT_NAME, INT8_FILE, Classifier, bundled_package_dir
@@ -27,17 +26,13 @@ from skinscan.runtime import FP32_FILE, INPUT_NAME, INT8_FILE, Classifier, bundl
 
 def interleaved_times(sessions: dict, image: np.ndarray, iterations: int, warmup: int = 20) -> dict:
     """Milliseconds of each session's runs, every iteration running each session once in shuffled order."""
-    for session in sessions.values():
+    runners = {name: (lambda session=session: session.run(None, {INPUT_NAME: image}))
+               for name, session in sessions.items()}
+    for run in runners.values():
         for _ in range(warmup):
-            session.run(None, {INPUT_NAME: image})
-    times = {name: [] for name in sessions}
-    order = np.random.default_rng(0)
-    for _ in range(iterations):
-        for name in order.permutation(list(sessions)):
-            start = time.perf_counter()
-            sessions[name].run(None, {INPUT_NAME: image})
-            times[name].append(1000 * (time.perf_counter() - start))
-    return times
+            run()
+    shuffle = np.random.default_rng(0)
+    return timed_turns(runners, (list(shuffle.permutation(list(runners))) for _ in range(iterations)))
 
 
 def main() -> int:

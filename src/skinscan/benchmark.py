@@ -66,12 +66,25 @@ def measure_latency(run_fn: Callable[[], object], iterations: int = 200, warmup:
     return summarize_times(times, batch_size)
 
 
+def timed_turns(runners: dict[str, Callable[[], object]], orders) -> dict[str, list[float]]:
+    """Milliseconds per call of each runner: every step of `orders` (a sequence of name lists) calls the
+    runners it names once, in that order. The interleaving both `interleaved_latency` and the INT8 timing
+    benchmark are built on."""
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for order in orders:
+        for name in order:
+            start = time.perf_counter()
+            runners[name]()
+            times[name].append((time.perf_counter() - start) * 1000.0)
+    return times
+
+
 def interleaved_latency(runners: dict[str, Callable[[], object]], iterations: int = 200, warmup: int = 20,
                         rounds: int = 5, batch_size: int = 1) -> dict[str, dict]:
     """`measure_latency` for several engines at once, interleaved call by call (see the module docstring).
 
     Each engine is warmed up; then `rounds` rounds of ceil(iterations / rounds) steps, each step timing one
-    call of every engine, the order rotating from step to step so none always follows the same neighbour.
+    call of every engine, the order rotating from step to step so that none always runs first.
     Each engine reports its best round (lowest median) plus every round's median in `round_medians_ms`.
     """
     if iterations < 1 or rounds < 1:
@@ -85,13 +98,8 @@ def interleaved_latency(runners: dict[str, Callable[[], object]], iterations: in
     best: dict[str, dict] = {}
     medians: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
-        times: dict[str, list[float]] = {name: [] for name in names}
-        for step in range(per_round):
-            shift = (r + step) % len(names) if names else 0
-            for name in names[shift:] + names[:shift]:
-                start = time.perf_counter()
-                runners[name]()
-                times[name].append((time.perf_counter() - start) * 1000.0)
+        shifts = ((r + step) % (len(names) or 1) for step in range(per_round))
+        times = timed_turns(runners, [names[shift:] + names[:shift] for shift in shifts])
         for name in names:
             result = summarize_times(times[name], batch_size)
             medians[name].append(result["median_ms"])
