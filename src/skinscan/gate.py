@@ -51,8 +51,9 @@ def image_quality(pixels: torch.Tensor) -> torch.Tensor:
     the three planes the scores read (luma, red-green, yellow-blue: each linear in RGB), one mean and one
     centred second moment give the brightness and the colour statistics of all three at once, and the
     Laplacian is four shifted slices of the luma plane. The first version (a 1-channel 3x3 Conv, which ORT
-    pads to its 16-channel blocked layout, and per-plane arithmetic) computed the same numbers in ~1.2 ms,
-    ~15% of the whole model's run time; this one takes ~0.5-0.75 ms (docs/RESULTS.md, "INT8 speed").
+    pads to its 16-channel blocked layout, and per-plane arithmetic) computed the same numbers ~0.3-0.4 ms
+    slower per image in both precisions (`benchmarks/int8_variants_timing.py --baseline`; docs/RESULTS.md,
+    "INT8 speed").
     """
     height, width = pixels.shape[2:]
     planes = torch.tensor(PLANES, dtype=pixels.dtype) @ pixels.flatten(2)  # [N, 3, H * W]

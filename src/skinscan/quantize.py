@@ -140,7 +140,7 @@ def gate_only_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
 
     They stay float: the image-quality scores read the raw pixels, and the Mahalanobis distance squares
     differences of feature statistics, which uint8 steps would swamp. Float in both precisions, they add the
-    same time to each (mostly the quality scores, ~0.5 ms at 252x336; docs/RESULTS.md, "INT8 speed").
+    same time to each (mostly the quality scores; docs/RESULTS.md, "INT8 speed").
     """
     return side_output_nodes(model, ASSESS)
 
