@@ -155,3 +155,27 @@ def test_distillation_run_caches_teacher_logits_and_refuses_mismatched_teachers(
     with pytest.raises(ValueError, match="--input-size"):
         train(tiny_config(ham10000_dir, split_csv, tmp_path / "other-size", None, warmup_epochs=0, epochs=1,
                           input_size=(64, 96), teachers=[str(teacher)]))
+
+
+def test_ema_decay_is_a_cap_reached_only_after_its_ramp():
+    """The ramp (1+n)/(10+n) governs until it reaches --ema-decay; two caps give the same average until then
+    (why --ema-decay changes nothing in a run shorter than `steps_to_full_decay`)."""
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Linear(3, 2)
+    slow, fast = (train_module.ExponentialMovingAverage(model, d) for d in (0.998, 0.995))
+    assert fast.steps_to_full_decay() == 1790 and slow.steps_to_full_decay() == 4490
+    assert fast.decay_at(1789) < 0.995 <= fast.decay_at(1790) == pytest.approx(0.995)
+    assert fast.decay_at(100_000) == 0.995 and slow.decay_at(1790) < 0.998
+    for _ in range(30):
+        with torch.no_grad():
+            model.weight.add_(torch.randn_like(model.weight))
+        slow.update_parameters(model)
+        fast.update_parameters(model)
+    assert torch.equal(slow.module.weight, fast.module.weight)
+    slow.n_averaged.fill_(5000)
+    fast.n_averaged.fill_(5000)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    slow.update_parameters(model)
+    fast.update_parameters(model)
+    assert not torch.equal(slow.module.weight, fast.module.weight)
