@@ -81,7 +81,7 @@ def cmd_train(args) -> int:
         augment=AugmentConfig(zoom=tuple(args.zoom)), seed=args.seed, threads=args.threads, device=args.device,
         max_images=args.max_images, label_set=load_label_set(args.labels).to_json(), compile=args.compile,
         teachers=[str(t) for t in args.teacher], distill_weight=args.distill_weight,
-        distill_temperature=args.distill_temperature,
+        distill_temperature=args.distill_temperature, mixup_alpha=args.mixup,
     )
     best = train(config, resume=args.resume)
     if os.environ.get("RANK", "0") != "0":
@@ -423,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--distill-weight", type=float, default=0.7,
                     help="share of the distillation term in the loss when --teacher is given")
     tr.add_argument("--distill-temperature", type=float, default=2.0)
+    tr.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
+                    help="mixup with lambda ~ Beta(ALPHA, ALPHA), e.g. 0.2 (0 = off, the default recipe)")
     tr.set_defaults(func=cmd_train)
 
     ev = verbs.add_parser("evaluate", help="ISIC-challenge metrics, plots and a report for a checkpoint")

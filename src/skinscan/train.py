@@ -86,6 +86,7 @@ class TrainConfig:
     teachers: list[str] = field(default_factory=list)  # checkpoints to distil from (same labels and input size)
     distill_weight: float = 0.7                # share of the distillation term in the loss when teachers are given
     distill_temperature: float = 2.0           # softens both distributions in the distillation term
+    mixup_alpha: float = 0.0                   # >0: mixup (Zhang et al. 2018) with lambda ~ Beta(alpha, alpha); 0 = off
 
     @property
     def labels(self) -> LabelSet:
@@ -296,10 +297,16 @@ def train_one_epoch(model, ema, data: SplitData, optimizer, scheduler, config: T
         index = distributed.shard(context, order[b * config.batch_size:(b + 1) * config.batch_size])
         images = augment_batch(to_device(data.images[index], device), config.augment, augment_generator)
         labels = to_device(data.labels[index], device)
+        mix = mixup(images, config.mixup_alpha, augment_generator) if config.mixup_alpha > 0 else None
+        if mix is not None:
+            images, lam, partner = mix
         with autocast(device):
             logits = model(images)
-        loss = F.cross_entropy(logits.float() + config.logit_adjustment * log_prior, labels,
-                               label_smoothing=config.label_smoothing)
+        adjusted = logits.float() + config.logit_adjustment * log_prior
+        loss = F.cross_entropy(adjusted, labels, label_smoothing=config.label_smoothing)
+        if mix is not None:
+            loss = lam * loss + (1 - lam) * F.cross_entropy(adjusted, labels[partner],
+                                                            label_smoothing=config.label_smoothing)
         if data.teacher_logits is not None:
             targets = to_device(data.teacher_logits[index], device)
             loss = (1 - config.distill_weight) * loss + config.distill_weight * distillation_loss(
@@ -321,6 +328,19 @@ def train_one_epoch(model, ema, data: SplitData, optimizer, scheduler, config: T
             bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
     total_loss, correct, seen = distributed.sum_over_processes(context, [total_loss, correct, seen])
     return {"train_loss": total_loss / max(1, seen), "train_accuracy": correct / max(1, seen)}
+
+
+def mixup(images: torch.Tensor, alpha: float, generator: torch.Generator) -> tuple[torch.Tensor, float, torch.Tensor]:
+    """Blend each image with a partner from the same batch: lam * x + (1 - lam) * x[partner], lam ~ Beta(alpha, alpha).
+
+    Why: with square-root-balanced sampling the 64 df training images come round ~8x per epoch, and the model
+    learns them by heart; mixed images and mixed targets (the loss is lam * CE(y) + (1 - lam) * CE(y[partner]))
+    regularise exactly there. One lam per batch, as in the paper; drawn from the epoch's seeded generator, so a
+    resumed run replays the same mixes.
+    """
+    lam = float(np.random.default_rng(int(torch.randint(2**31, (1,), generator=generator))).beta(alpha, alpha))
+    partner = torch.randperm(len(images), generator=generator).to(images.device)
+    return lam * images + (1 - lam) * images[partner], lam, partner
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -487,6 +507,9 @@ def _train(config: TrainConfig, out_dir: Path, last_path: Path, best_path: Path,
 
     labels = config.labels
     log.info("%d labels: %s", len(labels), ", ".join(labels.codes))
+    if config.teachers and config.mixup_alpha > 0:
+        raise ValueError("--mixup and --teacher cannot be combined (the teacher targets would need mixing too); "
+                         "drop one of them")
     if config.teachers:
         data["train"].teacher_logits = cached_teacher_logits(config, data["train"], device, out_dir, context)
     model = create_model(config.arch, config.pretrained if checkpoint is None else None, num_classes=len(labels),
