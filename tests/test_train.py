@@ -179,3 +179,23 @@ def test_ema_decay_is_a_cap_reached_only_after_its_ramp():
     slow.update_parameters(model)
     fast.update_parameters(model)
     assert not torch.equal(slow.module.weight, fast.module.weight)
+
+
+def test_mixup_blends_each_image_with_a_partner_reproducibly():
+    torch = pytest.importorskip("torch")
+    images = torch.rand(6, 3, 4, 5) * 255
+    mixed, lam, partner = train_module.mixup(images, 0.2, torch.Generator().manual_seed(1))
+    assert 0.0 <= lam <= 1.0
+    assert sorted(partner.tolist()) == list(range(6))
+    torch.testing.assert_close(mixed, lam * images + (1 - lam) * images[partner])
+    again, lam_again, partner_again = train_module.mixup(images, 0.2, torch.Generator().manual_seed(1))
+    assert lam_again == lam and torch.equal(partner_again, partner) and torch.equal(again, mixed)
+    lams = [train_module.mixup(images, 0.2, torch.Generator().manual_seed(s))[1] for s in range(200)]
+    assert np.mean([min(v, 1 - v) < 0.1 for v in lams]) > 0.5  # Beta(0.2, 0.2) piles up near 0 and 1
+
+
+def test_mixup_run_trains_and_refuses_teachers(ham10000_dir, split_csv, pretrained_v3_small, tmp_path):
+    best = train(tiny_config(ham10000_dir, split_csv, tmp_path / "mix", pretrained_v3_small, mixup_alpha=0.4))
+    assert load_checkpoint(best)["train_config"]["mixup_alpha"] == 0.4
+    with pytest.raises(ValueError, match="--mixup and --teacher"):
+        train(tiny_config(ham10000_dir, split_csv, tmp_path / "both", None, mixup_alpha=0.4, teachers=[str(best)]))
