@@ -1,0 +1,61 @@
+"""scripts/recipe_sweep.py: recipes x seeds side by side, a failing run reported without stopping the sweep,
+finished runs reused, the budget respected, and per-recipe means in the report. Tiny real-data runs on the CPU."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch", reason="the sweep trains: it needs the `train` extra (torch)")
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "recipe_sweep.py"
+
+
+def run_sweep(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600)
+
+
+def tiny_training(ham10000_dir, split_csv) -> list[str]:
+    return ["--", "--data", str(ham10000_dir), "--split", str(split_csv), "--pretrained", "none", "--max-images",
+            "70", "--epochs", "1", "--input-size", "84", "112", "--device", "cpu", "--threads", "1"]
+
+
+def test_sweep_runs_recipes_over_seeds_reports_failures_and_reuses_finished_runs(ham10000_dir, split_csv, tmp_path):
+    out = tmp_path / "sweep"
+    recipes = ["--recipe", "base=", "--recipe", "ls0=--label-smoothing 0", "--recipe", "broken=--epochs x"]
+    first = run_sweep("--out", str(out), "--seeds", "0", "1", "--parallel", "2", *recipes,
+                      *tiny_training(ham10000_dir, split_csv))
+    assert first.returncode == 1, first.stdout + first.stderr  # the broken recipe failed...
+    summary = {(r["recipe"], r["seed"]): r for r in json.loads((out / "summary.json").read_text())}
+    for recipe in ("base", "ls0"):  # ...and the others still ran, each seed in its own folder
+        for seed in (0, 1):
+            run = summary[(recipe, seed)]
+            assert run["status"] == "finished" and len(run["epochs"]) == 2  # warm-up + 1 epoch
+            assert json.loads((out / f"{recipe}-s{seed}" / "config.json").read_text())["seed"] == seed
+    assert summary[("ls0", 0)]["epochs"] and json.loads(
+        (out / "ls0-s0" / "config.json").read_text())["label_smoothing"] == 0
+    assert summary[("broken", 0)]["status"] == "failed" and "invalid int" in (out / "broken-s0.log").read_text()
+    table = first.stdout.splitlines()
+    base_row = next(line for line in table if line.startswith("base "))
+    assert " 2 " in base_row and "±" in base_row
+    assert any(line.startswith("broken") and "broken-s0 failed" in line for line in table)
+
+    again = run_sweep("--out", str(out), "--seeds", "0", "1", "--recipe", "base=", "--budget", "0",
+                      *tiny_training(ham10000_dir, split_csv))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.count("reused base-") == 2 and "started" not in again.stdout
+
+
+def test_sweep_starts_nothing_past_its_budget_and_refuses_its_own_arguments(ham10000_dir, split_csv, tmp_path):
+    out = tmp_path / "sweep"
+    result = run_sweep("--out", str(out), "--seeds", "0", "--recipe", "base=", "--budget", "0",
+                       *tiny_training(ham10000_dir, split_csv))
+    assert result.returncode == 0 and "started" not in result.stdout
+    assert json.loads((out / "summary.json").read_text())[0]["status"] == "skipped"
+
+    clash = run_sweep("--out", str(out), "--recipe", "base=--seed 3", *tiny_training(ham10000_dir, split_csv))
+    assert clash.returncode == 2 and "--seed is set by the sweep" in clash.stderr
+    malformed = run_sweep("--out", str(out), "--recipe", "no-equals-sign")
+    assert malformed.returncode == 2 and "expected NAME=ARGS" in malformed.stderr
