@@ -15,7 +15,9 @@ start=$(date +%s)
 
 skinscan data validate --data "$DATA"
 skinscan data split --data "$DATA" --out runs/split.csv --seed 0
-skinscan train --data "$DATA" --split runs/split.csv --out "$RUN" --pretrained "$WEIGHTS" --seed 0
+# A second run of this script continues (or, when finished, keeps) the training run instead of refusing it.
+resume=(); [ -f "$RUN/last.pt" ] && resume=(--resume)
+skinscan train --data "$DATA" --split runs/split.csv --out "$RUN" --pretrained "$WEIGHTS" --seed 0 "${resume[@]}"
 # No `skinscan qat` step: for the bundled model it raised simulated INT8 accuracy on val but lowered the real
 # ONNX Runtime INT8 model's (docs/RESULTS.md). It stays available for models whose INT8 loses more than a point.
 skinscan export --checkpoint "$RUN/best.pt" --data "$DATA" --split runs/split.csv --out "$RUN/package"

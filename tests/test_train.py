@@ -100,6 +100,23 @@ def test_resume_without_a_run_is_a_clear_error(ham10000_dir, split_csv, tmp_path
         train(tiny_config(ham10000_dir, split_csv, tmp_path / "none", None), resume=True)
 
 
+def test_a_fresh_run_refuses_a_folder_that_holds_a_run_and_resume_keeps_a_finished_one(
+        ham10000_dir, split_csv, tmp_path, capsys):
+    config = tiny_config(ham10000_dir, split_csv, tmp_path / "run", None, warmup_epochs=0, epochs=1)
+    best = train(config)
+    kept = (best.read_bytes(), (tmp_path / "run" / "metrics.jsonl").read_text())
+    with pytest.raises(FileExistsError, match="already holds a training run .*--resume"):
+        train(config)
+    assert train(config, resume=True) == best  # finished: nothing left to train, nothing rewritten
+    assert (best.read_bytes(), (tmp_path / "run" / "metrics.jsonl").read_text()) == kept
+
+    from skinscan.cli import main
+    assert main(["train", "--data", str(ham10000_dir), "--split", str(split_csv), "--out", str(tmp_path / "run"),
+                 "--pretrained", "none", "--max-images", "70"]) == 2
+    assert "already holds a training run" in capsys.readouterr().err
+    assert best.read_bytes() == kept[0]
+
+
 def test_distillation_loss_is_zero_at_the_teacher_and_pulls_towards_it():
     teacher = torch.tensor([[2.0, 0.5, -1.0], [0.0, 3.0, 1.0]])
     assert train_module.distillation_loss(teacher.clone(), teacher, 2.0).item() == pytest.approx(0, abs=1e-6)
@@ -133,12 +150,10 @@ def test_distillation_run_caches_teacher_logits_and_refuses_mismatched_teachers(
     np.testing.assert_allclose(cached["logits"].numpy(), expected, atol=1e-4)
 
     mtime = cache.stat().st_mtime_ns
-    train(tiny_config(ham10000_dir, split_csv, tmp_path / "student", None, warmup_epochs=0, epochs=1,
-                      teachers=[str(teacher)]))
+    train(config, resume=True)  # resuming (here: a finished run, so no epochs are left) asks for the targets again
     assert cache.stat().st_mtime_ns == mtime  # reused, not recomputed
     os.utime(teacher)  # a teacher retrained in place: the cache no longer matches and is recomputed
-    train(tiny_config(ham10000_dir, split_csv, tmp_path / "student", None, warmup_epochs=0, epochs=1,
-                      teachers=[str(teacher)]))
+    train(config, resume=True)
     assert cache.stat().st_mtime_ns != mtime
 
     # `skinscan compare`: each model, with flips, and the ensemble, each against the first (paired).

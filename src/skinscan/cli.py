@@ -551,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         from skinscan.data import DatasetError
         from skinscan.preprocess import ImageError
 
-        if isinstance(error, (DatasetError, ImageError, FileNotFoundError, ValueError)):
+        if isinstance(error, (DatasetError, ImageError, FileNotFoundError, FileExistsError, ValueError)):
             print(f"skinscan: error: {error}", file=sys.stderr)
             return 2
         raise

@@ -468,8 +468,13 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     (everything needed to resume) and `best.pt` (the EMA model with the best validation balanced accuracy).
     """
     out_dir = Path(config.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    if not resume:  # a fresh run would overwrite best.pt and append to metrics.jsonl: never lose a finished run
+        earlier = [p.name for p in (best_path, last_path, out_dir / "metrics.jsonl") if p.exists()]
+        if earlier:
+            raise FileExistsError(f"{out_dir} already holds a training run ({', '.join(earlier)}); continue it "
+                                  "with --resume, or give another --out (or remove that folder) to start afresh")
+    out_dir.mkdir(parents=True, exist_ok=True)
     context = distributed.context_from_environment()  # torchrun's processes; one process otherwise
     if context.enabled and config.batch_size % context.world_size:
         raise ValueError(f"--batch-size {config.batch_size} (the global batch) must be divisible by the "
