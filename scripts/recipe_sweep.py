@@ -128,7 +128,7 @@ def sweep(recipes: dict[str, list[str]], seeds: list[int], common: list[str], ou
         for run in runs:
             if run.status == "queued":
                 run.status = "skipped"
-            if run.status not in ("reused",):
+            if run.status != "reused":
                 run.epochs = epoch_rows(run.folder)
         write_summary(runs, out / "summary.json")
     return runs

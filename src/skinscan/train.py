@@ -474,6 +474,9 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         if earlier:
             raise FileExistsError(f"{out_dir} already holds a training run ({', '.join(earlier)}); continue it "
                                   "with --resume, or give another --out (or remove that folder) to start afresh")
+    if config.teachers and config.mixup_alpha > 0:  # checked before minutes of decoding, not after
+        raise ValueError("--mixup and --teacher cannot be combined (the teacher targets would need mixing too); "
+                         "drop one of them")
     out_dir.mkdir(parents=True, exist_ok=True)
     context = distributed.context_from_environment()  # torchrun's processes; one process otherwise
     if context.enabled and config.batch_size % context.world_size:
@@ -512,9 +515,6 @@ def _train(config: TrainConfig, out_dir: Path, last_path: Path, best_path: Path,
 
     labels = config.labels
     log.info("%d labels: %s", len(labels), ", ".join(labels.codes))
-    if config.teachers and config.mixup_alpha > 0:
-        raise ValueError("--mixup and --teacher cannot be combined (the teacher targets would need mixing too); "
-                         "drop one of them")
     if config.teachers:
         data["train"].teacher_logits = cached_teacher_logits(config, data["train"], device, out_dir, context)
     model = create_model(config.arch, config.pretrained if checkpoint is None else None, num_classes=len(labels),
@@ -523,12 +523,13 @@ def _train(config: TrainConfig, out_dir: Path, last_path: Path, best_path: Path,
     optimizer = build_optimizer(model, config)
     total_epochs = config.warmup_epochs + config.epochs
     steps_per_epoch = len(data["train"].labels) // config.batch_size
+    total_steps = total_epochs * steps_per_epoch
     scheduler = learning_rate_schedule(optimizer, config.warmup_epochs * steps_per_epoch, config.warmup_steps,
-                                       total_epochs * steps_per_epoch)
-    if total_epochs * steps_per_epoch < ema.steps_to_full_decay():
+                                       total_steps)
+    if total_steps < ema.steps_to_full_decay():
         log.info("EMA: %d steps, fewer than the %d its ramp needs to reach --ema-decay %g; the average ends at "
-                 "decay %.4f, so --ema-decay has no effect on this run", total_epochs * steps_per_epoch,
-                 ema.steps_to_full_decay(), config.ema_decay, ema.decay_at(total_epochs * steps_per_epoch))
+                 "decay %.4f, so --ema-decay has no effect on this run", total_steps, ema.steps_to_full_decay(),
+                 config.ema_decay, ema.decay_at(total_steps))
     _, sampled_prior = sampling_weights(data["train"].labels, config.sampling_power, len(labels))
     log_prior = torch.log(sampled_prior).to(device)
     scaler = grad_scaler(device)
