@@ -25,9 +25,7 @@ def subsample_train(split: pd.DataFrame, fraction: float, seed: int = 0) -> pd.D
     if not 0 < fraction <= 1:
         raise ValueError(f"--fraction must be in (0, 1], got {fraction}")
     train = split[split.split == "train"]
-    if fraction == 1:
-        return split.copy()
-    # lesion_grouped_split hands out whole lesions per diagnosis: "train" = kept, "val" = dropped.
+    # lesion_grouped_split hands out whole lesions per diagnosis: "train" = kept, "val" = dropped (none at 1).
     kept_or_not = lesion_grouped_split(train[["image_id", "lesion_id", "dx"]], (fraction, 1 - fraction, 0.0), seed)
     kept_ids = set(kept_or_not.image_id[kept_or_not.split == "train"])
     keep = (split.split != "train") | split.image_id.isin(kept_ids)
