@@ -17,6 +17,7 @@ from skinscan.model import (  # noqa: E402
     download_state_dict,
     model_from_checkpoint,
     resolve_pretrained,
+    shades_of_gray,
 )
 
 SHARED_WEIGHTS = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "weights"
@@ -61,6 +62,43 @@ def test_checkpoint_round_trip_keeps_outputs():
     x = torch.rand(1, 3, 64, 64) * 255
     with torch.no_grad():
         assert torch.equal(model(x), restored(x))
+
+
+def test_shades_of_gray_removes_a_colour_cast():
+    torch.manual_seed(0)
+    scene = torch.rand(2, 3, 40, 60) * 150  # no channel saturates under the cast below
+    gains = torch.tensor([1.25, 1.0, 0.8])
+    gains = gains / gains.square().mean().sqrt()  # a pure colour cast: SoG keeps the illuminant's RMS brightness
+    cast = torch.round(scene * gains.view(1, 3, 1, 1))
+    before = (scene - cast).abs().mean()
+    after = (shades_of_gray(scene) - shades_of_gray(cast)).abs().mean()
+    assert before > 8 and after < 1.0
+    corrected = shades_of_gray(cast)
+    assert torch.equal(corrected, torch.round(corrected)) and corrected.min() >= 0 and corrected.max() <= 255
+
+
+def test_shades_of_gray_keeps_grey_images_and_survives_black_ones():
+    grey = torch.rand(1, 1, 30, 30).expand(1, 3, 30, 30) * 255
+    assert torch.equal(shades_of_gray(grey), torch.round(grey))
+    black = torch.zeros(1, 3, 8, 8)
+    assert torch.equal(shades_of_gray(black), black)
+
+
+def test_colour_constancy_is_part_of_the_model_and_its_checkpoint():
+    model = create_model("mobilenet_v3_small", color_constancy="shades_of_gray").eval()
+    restored = model_from_checkpoint({"model_config": model.config.to_json(), "model": model.state_dict()})
+    assert restored.config.color_constancy == "shades_of_gray"
+    x = torch.rand(1, 3, 64, 64) * torch.tensor([200.0, 150.0, 120.0]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        assert torch.equal(model(x), restored(x))
+        plain = model_from_checkpoint({"model_config": {**model.config.to_json(), "color_constancy": "none"},
+                                       "model": model.state_dict()})
+        # (a fresh network's outputs hardly depend on its input, so compare what the backbone sees)
+        assert not torch.allclose(model.normalize(x), plain.normalize(x))
+    legacy = {k: v for k, v in model.config.to_json().items() if k != "color_constancy"}  # before run J
+    assert model_from_checkpoint({"model_config": legacy, "model": model.state_dict()}).config.color_constancy == "none"
+    with pytest.raises(ValueError, match="colour constancy"):
+        create_model("mobilenet_v3_small", color_constancy="grey_world")
 
 
 @pytest.fixture

@@ -84,7 +84,7 @@ class PackagedModel(nn.Module):
             return torch.softmax(logits, dim=1), logits
         # SkinLesionNet.forward and torchvision's MobileNet forward, spelled out to keep the intermediates.
         net = self.model.net
-        normalised = (pixels - self.model.mean) / self.model.std
+        normalised = self.model.normalize(pixels)
         if self.gate is None:
             features, statistics = net.features(normalised), {}
         else:
@@ -230,7 +230,7 @@ def fit_gate(model: SkinLesionNet, images: torch.Tensor, batch_size: int = 128) 
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             pixels = images[start:start + batch_size].permute(0, 3, 1, 2).float()
-            _, statistics = gate_statistics(net, (pixels - model.mean) / model.std, last_block=max(gate.layers))
+            _, statistics = gate_statistics(net, model.normalize(pixels), last_block=max(gate.layers))
             for layer, values in statistics.items():
                 collected[layer].append(values.numpy())
     gate.fit({layer: np.concatenate(parts) for layer, parts in collected.items()})

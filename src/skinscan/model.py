@@ -7,6 +7,7 @@ export can bake it into the ONNX graph and no client has to know it.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +27,24 @@ ARCHITECTURES = {
 }
 
 
+COLOR_CONSTANCY = ("none", "shades_of_gray")
+
+
+def shades_of_gray(pixels: torch.Tensor, power: float = 6.0) -> torch.Tensor:
+    """Shades-of-Gray colour constancy (Finlayson & Trezzi 2004) on float RGB in [0, 255], NCHW.
+
+    Dermoscopes differ in light source and white balance; estimating each image's illuminant as the per-channel
+    Minkowski p-norm mean (p = 6, as in Barata et al. 2015 and several ISIC challenge entries) and dividing it
+    out removes a colour cast the network would otherwise have to learn to ignore. The gains keep the mean
+    brightness (a grey illuminant leaves the image unchanged), and the result is rounded and clipped to whole
+    pixel values in [0, 255], like the usual uint8 implementation, so the model's input stays an 8-bit image.
+    """
+    pixels = pixels.float()
+    illuminant = (pixels / 255.0).pow(power).mean(dim=(2, 3), keepdim=True).pow(1.0 / power) + 1e-6
+    gains = illuminant.norm(dim=1, keepdim=True) / (illuminant * math.sqrt(3.0))
+    return torch.round(pixels * gains).clamp(0.0, 255.0)
+
+
 @dataclass(frozen=True)
 class Normalization:
     """Per-channel mean and std on the 0-255 RGB scale: the network sees (x - mean) / std."""
@@ -42,6 +61,7 @@ class ModelConfig:
     num_classes: int = len(LABEL_CODES)
     dropout: float = 0.2
     normalization: Normalization = Normalization(*IMAGENET_MEAN_STD)
+    color_constancy: str = "none"   # one of COLOR_CONSTANCY, applied before the normalisation
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -50,7 +70,8 @@ class ModelConfig:
     def from_json(cls, data: dict) -> ModelConfig:
         norm = data["normalization"]
         return cls(arch=data["arch"], num_classes=int(data["num_classes"]), dropout=float(data["dropout"]),
-                   normalization=Normalization(tuple(norm["mean"]), tuple(norm["std"])))
+                   normalization=Normalization(tuple(norm["mean"]), tuple(norm["std"])),
+                   color_constancy=data.get("color_constancy", "none"))
 
 
 class SkinLesionNet(nn.Module):
@@ -63,6 +84,9 @@ class SkinLesionNet(nn.Module):
         super().__init__()
         if config.arch not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {config.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+        if config.color_constancy not in COLOR_CONSTANCY:
+            raise ValueError(f"unknown colour constancy {config.color_constancy!r}; "
+                             f"choose one of {', '.join(COLOR_CONSTANCY)}")
         self.config = config
         builder, _ = ARCHITECTURES[config.arch]
         self.net = builder(weights=None, num_classes=1000, dropout=config.dropout)
@@ -89,8 +113,14 @@ class SkinLesionNet(nn.Module):
     def backbone_parameters(self) -> list[nn.Parameter]:
         return list(self.net.features.parameters())
 
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """What the backbone sees: colour constancy (when configured), then (x - mean) / std."""
+        if self.config.color_constancy == "shades_of_gray":
+            images = shades_of_gray(images)
+        return (images - self.mean) / self.std
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net((images - self.mean) / self.std)
+        return self.net(self.normalize(images))
 
 
 def resolve_pretrained(arch: str, pretrained: str) -> tuple[dict[str, torch.Tensor], Normalization]:
@@ -141,17 +171,18 @@ def create_model(
     pretrained: str | None = None,
     num_classes: int = len(LABEL_CODES),
     dropout: float = 0.2,
+    color_constancy: str = "none",
 ) -> SkinLesionNet:
     """Build a classifier; with `pretrained`, load ImageNet weights into everything but the last layer."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
     if pretrained is None:
-        return SkinLesionNet(ModelConfig(arch, num_classes, dropout))
+        return SkinLesionNet(ModelConfig(arch, num_classes, dropout, color_constancy=color_constancy))
     state_dict, normalization = resolve_pretrained(arch, pretrained)
-    model = SkinLesionNet(ModelConfig(arch, 1000, dropout, normalization))
+    model = SkinLesionNet(ModelConfig(arch, 1000, dropout, normalization, color_constancy))
     model.net.load_state_dict(state_dict, strict=True)
     model.reset_classifier(num_classes)
-    model.config = ModelConfig(arch, num_classes, dropout, normalization)
+    model.config = ModelConfig(arch, num_classes, dropout, normalization, color_constancy)
     return model
 
 

@@ -87,6 +87,7 @@ class TrainConfig:
     distill_weight: float = 0.7                # share of the distillation term in the loss when teachers are given
     distill_temperature: float = 2.0           # softens both distributions in the distillation term
     mixup_alpha: float = 0.0                   # >0: mixup (Zhang et al. 2018) with lambda ~ Beta(alpha, alpha); 0 = off
+    color_constancy: str = "none"              # "shades_of_gray": divide out each image's illuminant (model.py)
 
     @property
     def labels(self) -> LabelSet:
@@ -518,7 +519,8 @@ def _train(config: TrainConfig, out_dir: Path, last_path: Path, best_path: Path,
     if config.teachers:
         data["train"].teacher_logits = cached_teacher_logits(config, data["train"], device, out_dir, context)
     model = create_model(config.arch, config.pretrained if checkpoint is None else None, num_classes=len(labels),
-                         dropout=config.dropout).to(device, memory_format=torch.channels_last)
+                         dropout=config.dropout, color_constancy=config.color_constancy)
+    model = model.to(device, memory_format=torch.channels_last)
     ema = ExponentialMovingAverage(model, config.ema_decay)
     optimizer = build_optimizer(model, config)
     total_epochs = config.warmup_epochs + config.epochs
