@@ -153,6 +153,41 @@ def test_float_blocks_stay_entirely_float(fp32_package, lesion_images, tmp_path)
     assert sum(n.op_type == "QuantizeLinear" for n in nodes) <= 2
 
 
+def test_colour_constancy_exports_exactly_and_stays_float_in_int8(pretrained_v3_small, fp32_package, lesion_images,
+                                                                  tmp_path):
+    """A Shades-of-Gray model (`--color-constancy`, run J): the ONNX graph computes what torch does, and INT8
+    keeps the colour constancy in float with the float blocks, so the blocks still see whole pixel values."""
+    from skinscan.export import torch_probabilities
+
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v3_small", pretrained=pretrained_v3_small, color_constancy="shades_of_gray")
+    torch.nn.init.normal_(model.net.classifier[-1].weight, std=0.3)
+    model.eval()
+    fp32 = export_onnx(model, SIZE, tmp_path / "skinscan.onnx", 1.0,
+                       package_metadata(SIZE, model.config.to_json(), 1.0, {"malignant": 0.3}))
+    expected = torch_probabilities(model, lesion_images, 1.0)
+    actual = onnx_probabilities(fp32, lesion_images)
+    assert expected.std(axis=0).max() > 0.01  # the images get different answers: the comparison means something
+    assert np.abs(actual - expected).max() <= 1e-4
+    int8 = tmp_path / "int8.onnx"
+    quantize_package_model(fp32, int8, lesion_images[:24], float_blocks=FLOAT_BLOCKS)
+    nodes = onnx.load(str(int8)).graph.node
+    assert {"Pow", "ReduceMean", "Round"} <= {n.op_type for n in nodes}
+    # torch.onnx names the colour constancy's nodes /model/... (SkinLesionNet.normalize), the network's /model/net/...
+    preprocessing = [n for n in nodes if n.name.startswith("/model/") and not n.name.startswith("/model/net/")]
+    assert len(preprocessing) >= 10
+    assert not any(n.op_type.startswith("QLinear") or "Quantize" in n.op_type for n in preprocessing)
+    assert sum(n.op_type == "QuantizeLinear" for n in nodes) <= 2
+    agreement = (onnx_probabilities(int8, lesion_images).argmax(1) == actual.argmax(1)).mean()
+    # As faithful as INT8 of the same network without colour constancy (random heads: ~0.8-0.9 top-1 agreement).
+    quantize_package_model(fp32_package / "skinscan.onnx", tmp_path / "plain.onnx", lesion_images[:24],
+                           float_blocks=FLOAT_BLOCKS)
+    plain_fp32 = onnx_probabilities(fp32_package / "skinscan.onnx", lesion_images)
+    plain_agreement = (onnx_probabilities(tmp_path / "plain.onnx", lesion_images).argmax(1)
+                       == plain_fp32.argmax(1)).mean()
+    assert agreement >= plain_agreement - 0.1, (agreement, plain_agreement)
+
+
 def test_quantize_package_adds_a_verified_int8_model_and_a_report(fp32_package, ham10000_dir, split_csv):
     report = quantize_package(fp32_package, ham10000_dir, split_csv, part="val", calibration_count=21,
                               calibrate_method="MinMax")

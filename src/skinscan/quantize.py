@@ -390,8 +390,9 @@ def name_unnamed_nodes(model: onnx.ModelProto) -> None:
 
 
 def float_block_nodes(model: onnx.ModelProto, float_blocks: int) -> list[str]:
-    """Names of the nodes of the first `float_blocks` MobileNet blocks (`features.0` ...), and of the input
-    normalisation before them: the part `skinscan quantize` leaves in float (see `FLOAT_BLOCKS`).
+    """Names of the nodes of the first `float_blocks` MobileNet blocks (`features.0` ...), and of everything
+    between the image and them (the input normalisation, colour constancy): the part `skinscan quantize` leaves
+    in float (see `FLOAT_BLOCKS`).
 
     Expects every node named (`name_unnamed_nodes`). A node belongs to the blocks when its name or an output
     lies in their module scope, or when it is fed only from and feeds only into such nodes: the inlined
@@ -419,13 +420,13 @@ def float_block_nodes(model: onnx.ModelProto, float_blocks: int) -> list[str]:
                 in_blocks.add(node.name)
                 grown = True
     names = [node.name for node in model.graph.node if node.name in in_blocks]
-    normalisation, pending = [], [name for node in model.graph.node if node.name in in_blocks for name in node.input]
-    while pending:  # walk back from the blocks through the input normalisation (Sub, Div: folded or not)
+    preprocessing, pending = [], [name for node in model.graph.node if node.name in in_blocks for name in node.input]
+    while pending:  # walk back from the blocks to the image: the normalisation (folded or not), colour constancy
         producer = index.producer.get(pending.pop())
-        if producer is not None and producer.op_type in ("Sub", "Div") and producer.name not in normalisation:
-            normalisation.append(producer.name)
+        if producer is not None and producer.name not in in_blocks and producer.name not in preprocessing:
+            preprocessing.append(producer.name)
             pending += list(producer.input)
-    return names + normalisation
+    return names + preprocessing
 
 
 def quantize_package_model(fp32_path: str | Path, int8_path: str | Path, calibration_images: np.ndarray,
