@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch", reason="training needs the `train` extra (t
 
 from skinscan import train as train_module  # noqa: E402
 from skinscan.compare import compare_checkpoints, format_comparison  # noqa: E402
+from skinscan.data import read_split  # noqa: E402
 from skinscan.evaluate import evaluate_checkpoint  # noqa: E402
 from skinscan.export import build_package, torch_probabilities  # noqa: E402
 from skinscan.manifest import verify_file  # noqa: E402
@@ -214,3 +215,37 @@ def test_mixup_run_trains_and_refuses_teachers(ham10000_dir, split_csv, pretrain
     assert load_checkpoint(best)["train_config"]["mixup_alpha"] == 0.4
     with pytest.raises(ValueError, match="--mixup and --teacher"):
         train(tiny_config(ham10000_dir, split_csv, tmp_path / "both", None, mixup_alpha=0.4, teachers=[str(best)]))
+
+
+def test_lesion_balanced_sampling_keeps_class_shares_and_evens_out_lesions():
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1])
+    lesions = ["a", "a", "a", "b", "c", "d", "e"]  # class 0: lesion a has three images, b one
+    per_image, prior = train_module.sampling_weights(labels, 0.5, 2)
+    per_lesion, lesion_prior = train_module.sampling_weights(labels, 0.5, 2, lesions)
+    assert torch.equal(prior, lesion_prior)
+    for c in (0, 1):  # each class keeps its total weight
+        assert per_lesion[labels == c].sum() == pytest.approx(per_image[labels == c].sum().item())
+    assert per_lesion[:3].sum() == pytest.approx(per_lesion[3].item())  # lesion a as likely as lesion b
+    assert per_image[:3].sum() == pytest.approx(3 * per_image[3].item())  # per image: three times as likely
+    assert torch.equal(per_lesion[4:], per_image[4:])  # single-image lesions only: nothing changes
+
+
+def test_lesion_balanced_run_samples_by_the_splits_lesions(ham10000_dir, split_csv, pretrained_v3_small, tmp_path,
+                                                           monkeypatch):
+    seen = []
+    original = train_module.sampling_weights
+
+    def spy(labels, power, num_classes, lesion_ids=None):
+        seen.append(lesion_ids)
+        return original(labels, power, num_classes, lesion_ids)
+
+    monkeypatch.setattr(train_module, "sampling_weights", spy)
+    config = tiny_config(ham10000_dir, split_csv, tmp_path / "run", pretrained_v3_small, epochs=1, lesion_balanced=True)
+    train(config)
+    split = read_split(split_csv)
+    lesion_of = dict(zip(split.image_id, split.lesion_id, strict=True))
+    drawn = [ids for ids in seen if ids is not None]
+    assert len(drawn) == 2  # the warm-up and the fine-tuning epoch
+    train_ids = train_module.load_split_data(config, parts=("train",))["train"].image_ids
+    assert drawn[0] == [lesion_of[i] for i in train_ids]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["lesion_balanced"] is True

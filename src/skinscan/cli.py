@@ -82,7 +82,7 @@ def cmd_train(args) -> int:
         max_images=args.max_images, label_set=load_label_set(args.labels).to_json(), compile=args.compile,
         teachers=[str(t) for t in args.teacher], distill_weight=args.distill_weight,
         distill_temperature=args.distill_temperature, mixup_alpha=args.mixup,
-        color_constancy=args.color_constancy.replace("-", "_"),
+        color_constancy=args.color_constancy.replace("-", "_"), lesion_balanced=args.lesion_balanced,
     )
     best = train(config, resume=args.resume)
     if os.environ.get("RANK", "0") != "0":
@@ -427,6 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--color-constancy", default="none", choices=["none", "shades-of-gray"],
                     help="shades-of-gray: divide out each image's illuminant estimate (Minkowski p=6) inside the "
                          "model, so export and the runtime apply it too (docs/RESULTS.md run J)")
+    tr.add_argument("--lesion-balanced", action="store_true",
+                    help="within each class, sample every lesion equally often instead of every image (repeat "
+                         "views of one lesion then share its turn; the class balance is unchanged)")
     tr.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
                     help="mixup with lambda ~ Beta(ALPHA, ALPHA), e.g. 0.2 (0 = off, the default recipe)")
     tr.set_defaults(func=cmd_train)
