@@ -228,7 +228,9 @@ def feed_pixels_to_stem(model: onnx.ModelProto) -> onnx.ModelProto:
               for sub in index.consumers[cast.output[0]] if sub.op_type == "Sub"]
     chains = [chain for chain in chains if chain is not None]
     if not chains:
-        raise ValueError("unexpected graph: expected Cast -> Sub -> QuantizeLinear -> QLinearConv at the input")
+        raise ValueError("unexpected graph: expected Cast -> Sub -> QuantizeLinear -> QLinearConv at the input; a "
+                         "model trained with --color-constancy computes its first convolution's input in float, so "
+                         "keep the first blocks float (the default --float-blocks) or pass --no-graph-edits")
     sub, quantize, conv = chains[-1]
     old_scale = float(index.value(conv.input[1]))
     weight_scale = index.value(conv.input[4])
