@@ -151,10 +151,10 @@ def sampling_weights(labels: torch.Tensor, power: float, num_classes: int,
     weights = class_weight[labels]
     if lesion_ids is not None:
         images_of = Counter(lesion_ids)
-        lesions_per_class = torch.zeros(num_classes).index_add_(
-            0, labels, torch.tensor([1.0 / images_of[lesion] for lesion in lesion_ids]))
+        repeats = torch.tensor([float(images_of[lesion]) for lesion in lesion_ids])  # images of each one's lesion
+        lesions_per_class = torch.zeros(num_classes).index_add_(0, labels, 1.0 / repeats)
         share = counts / lesions_per_class.clamp(min=1e-12)  # images per lesion, on average, in each class
-        weights = weights * share[labels] / torch.tensor([float(images_of[lesion]) for lesion in lesion_ids])
+        weights = weights * share[labels] / repeats
     return weights, sampled_prior / sampled_prior.sum()
 
 
