@@ -16,7 +16,7 @@ holds a finished run (metrics.jsonl has every epoch its config.json asks for) is
 that a stopped sweep left half done continues with `skinscan train --resume`, so a sweep can be resumed after
 an interruption or extended with more seeds. Writes OUT/summary.json (every run's
 per-epoch val metrics) and prints, per recipe, the mean and standard deviation over its finished runs of the
-selected epoch's (best val balanced accuracy, what `skinscan train` keeps) and the last epoch's metrics.
+selected epoch's (the epoch `skinscan train` kept as best.pt by the run's `--select` rule) and the last epoch's metrics.
 Val only: the test split is never read.
 """
 
@@ -31,6 +31,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from skinscan.train import selection_score
 
 
 @dataclass
@@ -57,6 +59,19 @@ def parse_recipe(text: str) -> tuple[str, list[str]]:
 def epoch_rows(folder: Path) -> list[dict]:
     path = folder / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def selection_rule(folder: Path) -> str:
+    """The run's `--select` rule (runs from before the option: balanced accuracy, what they used)."""
+    config = folder / "config.json"
+    settings = json.loads(config.read_text()) if config.is_file() else {}
+    return settings.get("select", "balanced_accuracy")
+
+
+def selected_epoch(run: Run) -> dict:
+    """The epoch whose checkpoint the run kept as best.pt, by its own selection rule."""
+    rule = selection_rule(run.folder)
+    return max(run.epochs, key=lambda row: selection_score(row, rule))
 
 
 def is_finished(folder: Path) -> bool:
@@ -138,6 +153,7 @@ def write_summary(runs: list[Run], path: Path) -> None:
     keys = ("epoch", "val_balanced_accuracy", "val_macro_auc", "train_loss", "seconds")
     path.write_text(json.dumps([{"recipe": r.recipe, "seed": r.seed, "status": r.status,
                                  "seconds": round(r.seconds, 1), "folder": str(r.folder),
+                                 "selected_epoch": selected_epoch(r)["epoch"] if r.epochs else None,
                                  "epochs": [{k: row.get(k) for k in keys} for row in r.epochs]} for r in runs],
                                indent=1))
 
@@ -153,7 +169,7 @@ def report(runs: list[Run], recipes: dict[str, list[str]]) -> str:
              f"{'last AUC':>15}  not finished"]
     for recipe in recipes:
         done = [r for r in runs if r.recipe == recipe and r.status in ("finished", "reused") and r.epochs]
-        selected = [max(r.epochs, key=lambda e: e["val_balanced_accuracy"]) for r in done]
+        selected = [selected_epoch(r) for r in done]
         last = [r.epochs[-1] for r in done]
         others = ", ".join(f"{r.name} {r.status}" for r in runs if r.recipe == recipe and r not in done)
         lines.append(f"{recipe:<16} {len(done):>4}  "

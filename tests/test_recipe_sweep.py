@@ -1,6 +1,7 @@
 """scripts/recipe_sweep.py: recipes x seeds side by side, a failing run reported without stopping the sweep,
 finished runs reused, the budget respected, and per-recipe means in the report. Tiny real-data runs on the CPU."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -59,3 +60,22 @@ def test_sweep_starts_nothing_past_its_budget_and_refuses_its_own_arguments(ham1
     assert clash.returncode == 2 and "--seed is set by the sweep" in clash.stderr
     malformed = run_sweep("--out", str(out), "--recipe", "no-equals-sign")
     assert malformed.returncode == 2 and "expected NAME=ARGS" in malformed.stderr
+
+
+def test_report_selects_each_runs_epoch_by_its_own_selection_rule(tmp_path):
+    spec = importlib.util.spec_from_file_location("recipe_sweep", SCRIPT)
+    sweep = importlib.util.module_from_spec(spec)
+    sys.modules["recipe_sweep"] = sweep  # its dataclass looks its module up there
+    spec.loader.exec_module(sweep)
+    epochs = [{"epoch": 1, "val_balanced_accuracy": 0.70, "val_macro_auc": 0.95},
+              {"epoch": 2, "val_balanced_accuracy": 0.75, "val_macro_auc": 0.88}]
+    runs = []
+    for name, config in (("old", {}), ("sum", {"select": "balanced_accuracy_plus_auc"})):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps(config))  # a run from before --select: no "select" key
+        runs.append(sweep.Run(name, 0, folder, status="finished", epochs=epochs))
+    assert [sweep.selected_epoch(run)["epoch"] for run in runs] == [2, 1]
+    table = sweep.report(runs, {"old": [], "sum": []})
+    assert "0.750" in next(line for line in table.splitlines() if line.startswith("old"))
+    assert "0.950" in next(line for line in table.splitlines() if line.startswith("sum"))

@@ -249,3 +249,35 @@ def test_lesion_balanced_run_samples_by_the_splits_lesions(ham10000_dir, split_c
     train_ids = train_module.load_split_data(config, parts=("train",))["train"].image_ids
     assert drawn[0] == [lesion_of[i] for i in train_ids]
     assert json.loads((tmp_path / "run" / "config.json").read_text())["lesion_balanced"] is True
+
+
+def test_selection_score_ranks_by_balanced_accuracy_or_its_sum_with_auc():
+    late = {"val_balanced_accuracy": 0.76, "val_macro_auc": 0.92}
+    earlier = {"val_balanced_accuracy": 0.75, "val_macro_auc": 0.94}
+    score = train_module.selection_score
+    assert score(late, "balanced_accuracy") > score(earlier, "balanced_accuracy")
+    assert score(late, "balanced_accuracy_plus_auc") < score(earlier, "balanced_accuracy_plus_auc")
+    undefined_auc = {"val_balanced_accuracy": 0.5, "val_macro_auc": float("nan")}
+    assert score(undefined_auc, "balanced_accuracy_plus_auc") == 0.5
+    with pytest.raises(ValueError, match="unknown selection rule 'auc'"):
+        score(late, "auc")
+
+
+@pytest.mark.parametrize("rule, kept_epoch", [("balanced_accuracy", 2), ("balanced_accuracy_plus_auc", 3)])
+def test_best_checkpoint_follows_the_selection_rule(ham10000_dir, split_csv, tmp_path, monkeypatch, rule, kept_epoch):
+    scripted = iter([(0.50, 0.90), (0.60, 0.80), (0.58, 0.95)])  # epoch 2 wins on bal.acc, epoch 3 on the sum
+
+    def scripted_metrics(labels, logits):
+        balanced_accuracy, auc = next(scripted)
+        return {"val_balanced_accuracy": balanced_accuracy, "val_macro_auc": auc, "val_accuracy": 0.5}
+
+    monkeypatch.setattr(train_module, "validation_metrics", scripted_metrics)
+    best = train(tiny_config(ham10000_dir, split_csv, tmp_path / "run", None, select=rule))
+    assert load_checkpoint(best)["epoch_metrics"]["epoch"] == kept_epoch
+    assert f"best epoch {kept_epoch} (selected on {rule})" in (tmp_path / "run" / "log.txt").read_text()
+
+
+def test_an_unknown_selection_rule_fails_before_any_work(ham10000_dir, split_csv, tmp_path):
+    with pytest.raises(ValueError, match="unknown selection rule"):
+        train(tiny_config(ham10000_dir, split_csv, tmp_path / "run", None, select="auc"))
+    assert not (tmp_path / "run").exists()

@@ -83,6 +83,7 @@ def cmd_train(args) -> int:
         teachers=[str(t) for t in args.teacher], distill_weight=args.distill_weight,
         distill_temperature=args.distill_temperature, mixup_alpha=args.mixup,
         color_constancy=args.color_constancy.replace("-", "_"), lesion_balanced=args.lesion_balanced,
+        select=args.select.replace("-", "_"),
     )
     best = train(config, resume=args.resume)
     if os.environ.get("RANK", "0") != "0":
@@ -427,6 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--color-constancy", default="none", choices=["none", "shades-of-gray"],
                     help="shades-of-gray: divide out each image's illuminant estimate (Minkowski p=6) inside the "
                          "model, so export and the runtime apply it too (docs/RESULTS.md run J)")
+    tr.add_argument("--select", default="balanced-accuracy",
+                    choices=["balanced-accuracy", "balanced-accuracy-plus-auc"],
+                    help="which epoch best.pt keeps: the best val balanced accuracy, or the best sum of val balanced "
+                         "accuracy and macro AUC (late epochs can gain the one while losing the other)")
     tr.add_argument("--lesion-balanced", action="store_true",
                     help="within each class, sample every lesion equally often instead of every image (repeat "
                          "views of one lesion then share its turn; the class balance is unchanged)")

@@ -90,6 +90,7 @@ class TrainConfig:
     mixup_alpha: float = 0.0                   # >0: mixup (Zhang et al. 2018) with lambda ~ Beta(alpha, alpha); 0 = off
     color_constancy: str = "none"              # "shades_of_gray": divide out each image's illuminant (model.py)
     lesion_balanced: bool = False              # within a class, sample lesions equally, not images (sampling_weights)
+    select: str = "balanced_accuracy"          # which epoch best.pt keeps: see selection_score
 
     @property
     def labels(self) -> LabelSet:
@@ -433,6 +434,26 @@ def validation_metrics(labels: np.ndarray, logits: np.ndarray) -> dict:
             "val_macro_auc": auc, "val_accuracy": float((logits.argmax(1) == labels).mean())}
 
 
+SELECTION_RULES = ("balanced_accuracy", "balanced_accuracy_plus_auc")
+
+
+def selection_score(row: dict, rule: str) -> float:
+    """How an epoch's validation metrics rank it for `best.pt`.
+
+    "balanced_accuracy" (the default, the ISIC 2018 ranking metric) alone tends to keep late epochs whose
+    macro AUC has already fallen (docs/RESULTS.md, runs J and K: selected epochs 0.926-0.948 AUC against
+    their runs' peaks of 0.942-0.952); "balanced_accuracy_plus_auc" ranks by their sum, so a point of AUC
+    weighs as much as a point of balanced accuracy. An undefined AUC (a class missing from a tiny val
+    subset) counts as 0, so the rule then falls back to balanced accuracy.
+    """
+    if rule not in SELECTION_RULES:
+        raise ValueError(f"unknown selection rule {rule!r}; expected one of {', '.join(SELECTION_RULES)}")
+    score = row["val_balanced_accuracy"]
+    if rule == "balanced_accuracy_plus_auc" and math.isfinite(row.get("val_macro_auc", float("nan"))):
+        score += row["val_macro_auc"]
+    return score
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(shifted)
@@ -487,7 +508,8 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     """Run the recipe; returns the path of the best checkpoint (`best.pt` in the run folder).
 
     The run folder gets `config.json`, `log.txt`, `metrics.jsonl` (one line per epoch), `last.pt`
-    (everything needed to resume) and `best.pt` (the EMA model with the best validation balanced accuracy).
+    (everything needed to resume) and `best.pt` (the EMA model of the best epoch by `config.select`; by default
+    the best validation balanced accuracy).
     """
     out_dir = Path(config.out_dir)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
@@ -499,6 +521,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     if config.teachers and config.mixup_alpha > 0:  # checked before minutes of decoding, not after
         raise ValueError("--mixup and --teacher cannot be combined (the teacher targets would need mixing too); "
                          "drop one of them")
+    selection_score({"val_balanced_accuracy": 0.0}, config.select)  # an unknown rule fails here, not after an epoch
     out_dir.mkdir(parents=True, exist_ok=True)
     context = distributed.context_from_environment()  # torchrun's processes; one process otherwise
     if context.enabled and config.batch_size % context.world_size:
@@ -557,7 +580,7 @@ def _train(config: TrainConfig, out_dir: Path, last_path: Path, best_path: Path,
     log_prior = torch.log(sampled_prior).to(device)
     scaler = grad_scaler(device)
 
-    first_epoch, best = 1, {"val_balanced_accuracy": -1.0}
+    first_epoch, best = 1, None
     if checkpoint is not None:
         model.load_state_dict(checkpoint["train_model"])
         ema.load_state_dict(checkpoint["ema"])
@@ -586,7 +609,7 @@ def _train(config: TrainConfig, out_dir: Path, last_path: Path, best_path: Path,
         row = {"epoch": epoch, "phase": "warmup" if warming_up else "finetune", **stats,
                **validation_metrics(data["val"].labels.numpy(), val_logits), "lr": optimizer.param_groups[-1]["lr"],
                "seconds": round(time.time() - epoch_start, 1)}
-        improved = row["val_balanced_accuracy"] > best["val_balanced_accuracy"]
+        improved = best is None or selection_score(row, config.select) > selection_score(best, config.select)
         if improved:
             best = row
         if context.is_main:  # every process holds the same weights and metrics; one writes them
@@ -605,8 +628,8 @@ def _train(config: TrainConfig, out_dir: Path, last_path: Path, best_path: Path,
         log.info(message)
         if context.is_main:
             tqdm.write(message)
-    log.info("best epoch %s: val balanced accuracy %.3f -> %s", best.get("epoch"),
-             best["val_balanced_accuracy"], best_path)
+    log.info("best epoch %s (selected on %s): val balanced accuracy %.3f, macro AUC %.3f -> %s", best["epoch"],
+             config.select, best["val_balanced_accuracy"], best["val_macro_auc"], best_path)
     return best_path
 
 
