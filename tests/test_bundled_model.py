@@ -113,3 +113,12 @@ def test_predict_uses_the_bundled_model_without_torch(held_out_lesions):
     document = json.loads(result.stdout)
     assert document["failures"] == [] and len(document["predictions"]) == 1
     assert document["predictions"][0]["top"][0]["code"] in LABEL_CODES
+
+
+def test_model_card_says_what_the_graph_does_to_the_pixels():
+    """An embedder who normalises or colour-corrects a second time gets wrong answers: the card must say which."""
+    classifier = Classifier.load(precision="fp32", threads=1)
+    card = (bundled_package_dir() / "MODEL_CARD.md").read_text()
+    has_colour_constancy = classifier.metadata["skinscan.model"].get("color_constancy") == "shades_of_gray"
+    assert ("Shades-of-Gray colour constancy" in card) == has_colour_constancy
+    assert "normalisation inside the graph" in card

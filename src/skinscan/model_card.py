@@ -146,6 +146,14 @@ def _safety_section(gate: dict | None, metrics: dict) -> str:
     )
 
 
+def _in_graph_preprocessing(model: dict) -> str:
+    """What the graph does to the pixels before the network, so embedders do not do it a second time."""
+    if model.get("color_constancy", "none") == "shades_of_gray":
+        return ("Shades-of-Gray colour constancy (each image's illuminant, Minkowski p = 6, divided out) and "
+                "normalisation inside the graph: feed plain RGB pixels")
+    return "normalisation inside the graph"
+
+
 def render_model_card(package_dir: str | Path, metrics: dict, command: str, notes: str = "") -> str:
     package_dir = Path(package_dir)
     meta = read_metadata(onnx.load(str(package_dir / "skinscan.onnx")))
@@ -165,7 +173,8 @@ def render_model_card(package_dir: str | Path, metrics: dict, command: str, note
         f"fine-tuned by the skinscan model factory to {len(meta['skinscan.labels'])} diagnoses: "
         + ", ".join(f"`{c}` {meta['skinscan.label_names'][c]}" for c in meta["skinscan.labels"]) + ".\n"
         f"- Input: `image`, uint8 `[N, {preprocess['size'][0]}, {preprocess['size'][1]}, 3]` RGB, resize rule "
-        f"`{preprocess['resize']}`; normalisation inside the graph. Outputs: `probabilities` (softmax of the logits "
+        f"`{preprocess['resize']}`; " + _in_graph_preprocessing(model) + ". Outputs: `probabilities` (softmax of "
+        "the logits "
         f"divided by the temperature T = {meta['skinscan.temperature']:.3f}, fitted on the validation split), "
         "`logits`" + (", and `cam`: the Grad-CAM map of the top class, computed in the graph (docs/EXPLAIN.md)"
                       if "cam" in meta.get("skinscan.outputs", {}) else "") + ".\n"
