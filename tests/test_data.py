@@ -17,6 +17,7 @@ from skinscan.data import (
     METADATA_FILE,
     SPLITS,
     DatasetError,
+    cross_validation_folds,
     default_data_dir,
     lesion_grouped_split,
     read_metadata,
@@ -129,6 +130,34 @@ def test_split_refuses_empty_required_fields(column):
     metadata.loc[1, column] = None
     with pytest.raises(DatasetError, match=column):
         lesion_grouped_split(metadata)
+
+
+def test_cross_validation_folds_rotate_val_over_the_train_val_lesions_and_keep_test(split):
+    folds = cross_validation_folds(split, folds=5, seed=0)
+    assert len(folds) == 5
+    pool = split[split.split != "test"]
+    val_count = pd.Series(0, index=pool.image_id.to_numpy())
+    for fold in folds:
+        assert list(fold.image_id) == list(split.image_id)
+        pd.testing.assert_frame_equal(fold[fold.split == "test"], split[split.split == "test"])  # test untouched
+        assert fold.groupby("lesion_id").split.nunique().max() == 1  # no lesion in two parts
+        val = fold[fold.split == "val"]
+        val_count[val.image_id.to_numpy()] += 1
+        for dx, n in pool.dx.value_counts().items():  # each fold's val holds about a fifth of every class
+            largest_lesion = pool[pool.dx == dx].groupby("lesion_id").size().max()
+            assert abs((val.dx == dx).sum() - n / 5) <= largest_lesion, dx
+    assert (val_count == 1).all()  # every train/val image is val in exactly one fold
+    again = cross_validation_folds(split, folds=5, seed=0)
+    assert all(a.equals(b) for a, b in zip(folds, again, strict=True))
+    other = cross_validation_folds(split, folds=5, seed=1)
+    assert not folds[0].equals(other[0])
+
+
+def test_cross_validation_folds_refuse_too_few_folds_or_lesions(split):
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        cross_validation_folds(split, folds=1)
+    with pytest.raises(DatasetError, match="too few for 100 folds"):
+        cross_validation_folds(split, folds=100)
 
 
 def test_write_and_read_split_round_trip(split, tmp_path):
@@ -423,3 +452,15 @@ def test_cli_split_writes_the_csv(tmp_path, capsys):
     assert sorted(split.image_id) == sorted(image_id for _, image_id, _ in CLEAN_ROWS)
     pd.testing.assert_frame_equal(split, lesion_grouped_split(read_metadata(folder), FRACTIONS, seed=3))
     assert str(out) in capsys.readouterr().out
+def test_cli_folds_writes_one_split_file_per_fold(split, tmp_path, capsys):
+    split_csv = write_split(split, tmp_path / "runs" / "split.csv")
+    out = tmp_path / "runs" / "folds"
+    assert main(["data", "folds", "--split", str(split_csv), "--folds", "3", "--out", str(out)]) == 0
+    written = [read_split(out / f"fold-{k}.csv") for k in range(3)]
+    for fold, expected in zip(written, cross_validation_folds(split, folds=3), strict=True):
+        assert list(fold.split) == list(expected.split)
+    assert "test part unchanged" in capsys.readouterr().out
+    assert main(["data", "folds", "--split", str(split_csv), "--folds", "1", "--out", str(out)]) == 2
+    assert "at least 2 folds" in capsys.readouterr().err
+
+

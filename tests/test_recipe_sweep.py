@@ -79,3 +79,29 @@ def test_report_selects_each_runs_epoch_by_its_own_selection_rule(tmp_path):
     table = sweep.report(runs, {"old": [], "sum": []})
     assert "0.750" in next(line for line in table.splitlines() if line.startswith("old"))
     assert "0.950" in next(line for line in table.splitlines() if line.startswith("sum"))
+
+
+def test_sweep_over_cross_validation_folds_trains_each_recipe_on_every_fold(ham10000_dir, split_csv, tmp_path):
+    from skinscan.data import cross_validation_folds, read_split, write_split
+
+    folds_dir = tmp_path / "folds"
+    for k, fold in enumerate(cross_validation_folds(read_split(split_csv), folds=2)):
+        write_split(fold, folds_dir / f"fold-{k}.csv")
+    out = tmp_path / "cv"
+    training = tiny_training(ham10000_dir, split_csv)
+    training = training[:training.index("--split")] + training[training.index("--split") + 2:]
+    result = run_sweep("--out", str(out), "--folds", str(folds_dir), "--seeds", "0", "--parallel", "2",
+                       "--recipe", "base=", *training)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(r["fold"] for r in summary) == [str(folds_dir / "fold-0.csv"), str(folds_dir / "fold-1.csv")]
+    for k in range(2):
+        config = json.loads((out / f"base-fold-{k}-s0" / "config.json").read_text())
+        assert config["split_csv"] == str(folds_dir / f"fold-{k}.csv")
+    assert " 2 " in next(line for line in result.stdout.splitlines() if line.startswith("base "))
+
+    clash = run_sweep("--out", str(out), "--folds", str(folds_dir), "--recipe", "base=",
+                      *tiny_training(ham10000_dir, split_csv))
+    assert clash.returncode == 2 and "--split is set by the sweep" in clash.stderr
+    empty = run_sweep("--out", str(out), "--folds", str(tmp_path), "--recipe", "base=", *training)
+    assert empty.returncode == 2 and "no fold-*.csv" in empty.stderr

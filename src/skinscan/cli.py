@@ -54,6 +54,19 @@ def cmd_data_split(args) -> int:
     return 0
 
 
+def cmd_data_folds(args) -> int:
+    from skinscan.data import cross_validation_folds, read_split, write_split
+
+    folds = cross_validation_folds(read_split(args.split), folds=args.folds, seed=args.seed)
+    for k, fold in enumerate(folds):
+        val = fold[fold.split == "val"]
+        path = write_split(fold, args.out / f"fold-{k}.csv")
+        print(f"{path}: val {len(val)} images of {val.lesion_id.nunique()} lesions "
+              f"({', '.join(f'{dx} {n}' for dx, n in val.dx.value_counts().sort_index().items())})")
+    print(f"test part unchanged from {args.split}; train each fold with `skinscan train --split FOLD.csv`")
+    return 0
+
+
 def cmd_data_download(args) -> int:
     from skinscan.download import DownloadError, download_ham10000
 
@@ -380,6 +393,13 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--fractions", type=float, nargs=3, default=(0.70, 0.15, 0.15), metavar=("TRAIN", "VAL", "TEST"))
     split.add_argument("--seed", type=int, default=0)
     split.set_defaults(func=cmd_data_split)
+    folds = data_verbs.add_parser("folds", help="K cross-validation train/val splits of a split's train+val part "
+                                  "(its test part unchanged), to compare recipes on more than one val set")
+    folds.add_argument("--split", type=Path, default=Path("runs/split.csv"))
+    folds.add_argument("--folds", type=int, default=5)
+    folds.add_argument("--seed", type=int, default=0)
+    folds.add_argument("--out", type=Path, default=Path("runs/folds"), help="folder for fold-0.csv ... fold-K-1.csv")
+    folds.set_defaults(func=cmd_data_folds)
     download = data_verbs.add_parser("download", help="download the full-resolution HAM10000 (Harvard Dataverse)")
     download.add_argument("--out", type=Path, required=True)
     download.add_argument("--base-url", default="https://dataverse.harvard.edu")
