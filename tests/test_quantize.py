@@ -177,6 +177,7 @@ def test_colour_constancy_exports_exactly_and_stays_float_in_int8(pretrained_v3_
     preprocessing = [n for n in nodes if n.name.startswith("/model/") and not n.name.startswith("/model/net/")]
     assert len(preprocessing) >= 10
     assert sum(n.op_type == "Pow" for n in preprocessing) == 1  # the root of the 3 illuminant values; no per-pixel Pow
+    assert sum(n.op_type == "ReduceMean" for n in preprocessing) == 2  # rows, then row means: short float32 sums
     assert not any(n.op_type.startswith("QLinear") or "Quantize" in n.op_type for n in preprocessing)
     assert sum(n.op_type == "QuantizeLinear" for n in nodes) <= 2
     agreement = (onnx_probabilities(int8, lesion_images).argmax(1) == actual.argmax(1)).mean()

@@ -41,11 +41,14 @@ def shades_of_gray(pixels: torch.Tensor) -> torch.Tensor:
 
     The sixth power is two multiplications on the 0-255 scale (x^6 <= 2.7e14 fits float32), scaled to 0-1 after
     the root: the exported graph's `Pow` over every pixel cost ~1.6 ms per 252x336 image in ONNX Runtime (1
-    thread), three times this. Same result up to float rounding (docs/RESULTS.md, run L's package).
+    thread), three times this. Same result up to float rounding (docs/RESULTS.md, run L's package). The mean is
+    taken along rows, then over the row means: one float32 sum over all 84,672 pixels in order (as a plain
+    kernel, e.g. onnxruntime-web's, may add them) is ~1e-4 off, enough to move some pixels across a rounding
+    boundary and make the browser's answer differ from Python's; sums of 336 and 252 terms are ~1e-7 off.
     """
     pixels = pixels.float()
     squared = pixels * pixels
-    sixth_power_mean = (squared * squared * squared).mean(dim=(2, 3), keepdim=True)
+    sixth_power_mean = (squared * squared * squared).mean(dim=3, keepdim=True).mean(dim=2, keepdim=True)
     illuminant = sixth_power_mean.pow(1.0 / 6.0) / 255.0 + 1e-6
     gains = illuminant.norm(dim=1, keepdim=True) / (illuminant * math.sqrt(3.0))
     return torch.round(pixels * gains).clamp(0.0, 255.0)
