@@ -2,9 +2,9 @@
 # The main job, end to end: set up .venv, validate HAM10000, split it by lesion, train MobileNetV3-Small from
 # the local ImageNet weights (252x336 input) with the bundled model's recipe (Shades-of-Gray colour constancy,
 # lesion-balanced sampling, best.pt kept by val balanced accuracy + macro AUC; docs/RESULTS.md run L), build the
-# model package (FP32 + INT8), evaluate it on the held-out test split and write its model card. About an hour on a
-# 2-core CPU (the previous recipe: 59 min measured, 51 of it training); every step writes under runs/ and prints
-# where its results went. `bash scripts/bundle_model.sh` then copies the package into the wheel.
+# model package (FP32 + INT8), evaluate it on the held-out test split and write its model card. 31 min measured on
+# a 2-core CPU, 27 of it training (docs/RESULTS.md run M; up to an hour when the VM is slow); every step writes
+# under runs/ and prints where its results went. `bash scripts/bundle_model.sh` then copies the package into the wheel.
 # The bundled weights came from this training command run on a borrowed GPU (bf16): a rerun, on a GPU or on the
 # CPU, is another run of the same recipe (eight GPU seeds: val balanced accuracy 0.752 +- 0.009), not the same
 # weights.
