@@ -57,7 +57,12 @@ class Run:
 
     @property
     def name(self) -> str:
-        return f"{self.recipe}-{self.fold.stem}-s{self.seed}" if self.fold else f"{self.recipe}-s{self.seed}"
+        return run_name(self.recipe, self.seed, self.fold)
+
+
+def run_name(recipe: str, seed: int, fold: Path | None = None) -> str:
+    """A run's folder name in the sweep: recipe, fold (if any) and seed."""
+    return f"{recipe}-{fold.stem}-s{seed}" if fold else f"{recipe}-s{seed}"
 
 
 def parse_recipe(text: str) -> tuple[str, list[str]]:
@@ -111,9 +116,8 @@ def expected_seconds(run: Run, runs: list[Run]) -> float:
 def sweep(recipes: dict[str, list[str]], seeds: list[int], common: list[str], out: Path, parallel: int,
           budget: float, folds: list[Path] | None = None) -> list[Run]:
     out.mkdir(parents=True, exist_ok=True)
-    runs = [Run(recipe, seed, out, fold) for seed in seeds for fold in (folds or [None]) for recipe in recipes]
-    for run in runs:
-        run.folder = out / run.name
+    runs = [Run(recipe, seed, out / run_name(recipe, seed, fold), fold)
+            for seed in seeds for fold in (folds or [None]) for recipe in recipes]
     for run in runs:
         if is_finished(run.folder):
             run.status, run.epochs = "reused", epoch_rows(run.folder)

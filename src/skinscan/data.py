@@ -304,13 +304,10 @@ def lesion_grouped_split(
     conflicting = metadata.groupby("lesion_id").dx.nunique()
     if (conflicting > 1).any():
         raise DatasetError(f"lesion(s) with more than one diagnosis: {list(conflicting.index[conflicting > 1])[:5]}")
-    rng = np.random.default_rng(seed)
     # Fill order: the smallest parts first (test, val), train takes the rest.
     fill_order = sorted(range(len(SPLITS)), key=lambda i: (fractions[i], -i))[:-1]
     lesion_split: dict[str, str] = {}
-    for dx in sorted(metadata.dx.unique()):
-        images_per_lesion = metadata[metadata.dx == dx].groupby("lesion_id").size().sort_index()
-        lesions = images_per_lesion.index.to_numpy()[rng.permutation(len(images_per_lesion))]
+    for _, images_per_lesion, lesions in shuffled_lesions_by_diagnosis(metadata, np.random.default_rng(seed)):
         total = int(images_per_lesion.sum())
         targets = {i: fractions[i] * total for i in fill_order}
         filled = dict.fromkeys(fill_order, 0)
@@ -328,6 +325,14 @@ def lesion_grouped_split(
     return split.reset_index(drop=True)
 
 
+def shuffled_lesions_by_diagnosis(frame: pd.DataFrame, rng: np.random.Generator):
+    """For each diagnosis in name order: the code, its images per lesion (by lesion id) and its lesion ids in a
+    seeded random order. The one shuffle both the split and the cross-validation folds hand lesions out from."""
+    for dx in sorted(frame.dx.unique()):
+        images_per_lesion = frame[frame.dx == dx].groupby("lesion_id").size().sort_index()
+        yield dx, images_per_lesion, images_per_lesion.index.to_numpy()[rng.permutation(len(images_per_lesion))]
+
+
 def cross_validation_folds(split: pd.DataFrame, folds: int = 5, seed: int = 0) -> list[pd.DataFrame]:
     """K lesion-grouped, diagnosis-stratified train/val splits of a split's train+val images; test stays as it is.
 
@@ -342,15 +347,13 @@ def cross_validation_folds(split: pd.DataFrame, folds: int = 5, seed: int = 0) -
     if folds < 2:
         raise ValueError(f"cross-validation needs at least 2 folds, got {folds}")
     pool = split[split.split != "test"]
-    rng = np.random.default_rng(seed)
     fold_of: dict[str, int] = {}
-    for dx in sorted(pool.dx.unique()):
-        images_per_lesion = pool[pool.dx == dx].groupby("lesion_id").size().sort_index()
-        if len(images_per_lesion) < folds:
-            raise DatasetError(f"only {len(images_per_lesion)} train/val lesion(s) of {dx}: too few for {folds} "
-                               "folds; use fewer folds")
+    for dx, images_per_lesion, lesions in shuffled_lesions_by_diagnosis(pool, np.random.default_rng(seed)):
+        if len(lesions) < folds:
+            raise DatasetError(f"only {len(lesions)} train/val lesion(s) of {dx}: too few for {folds} folds; use "
+                               "fewer folds")
         filled = [0] * folds
-        for lesion in images_per_lesion.index.to_numpy()[rng.permutation(len(images_per_lesion))]:
+        for lesion in lesions:
             group = filled.index(min(filled))
             filled[group] += int(images_per_lesion[lesion])
             fold_of[lesion] = group

@@ -437,6 +437,11 @@ def validation_metrics(labels: np.ndarray, logits: np.ndarray) -> dict:
 SELECTION_RULES = ("balanced_accuracy", "balanced_accuracy_plus_auc")
 
 
+def require_selection_rule(rule: str) -> None:
+    if rule not in SELECTION_RULES:
+        raise ValueError(f"unknown selection rule {rule!r}; expected one of {', '.join(SELECTION_RULES)}")
+
+
 def selection_score(row: dict, rule: str) -> float:
     """How an epoch's validation metrics rank it for `best.pt`.
 
@@ -446,8 +451,7 @@ def selection_score(row: dict, rule: str) -> float:
     weighs as much as a point of balanced accuracy. An undefined AUC (a class missing from a tiny val
     subset) counts as 0, so the rule then falls back to balanced accuracy.
     """
-    if rule not in SELECTION_RULES:
-        raise ValueError(f"unknown selection rule {rule!r}; expected one of {', '.join(SELECTION_RULES)}")
+    require_selection_rule(rule)
     score = row["val_balanced_accuracy"]
     if rule == "balanced_accuracy_plus_auc" and math.isfinite(row.get("val_macro_auc", float("nan"))):
         score += row["val_macro_auc"]
@@ -521,7 +525,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     if config.teachers and config.mixup_alpha > 0:  # checked before minutes of decoding, not after
         raise ValueError("--mixup and --teacher cannot be combined (the teacher targets would need mixing too); "
                          "drop one of them")
-    selection_score({"val_balanced_accuracy": 0.0}, config.select)  # an unknown rule fails here, not after an epoch
+    require_selection_rule(config.select)  # an unknown rule fails here, not after an epoch
     out_dir.mkdir(parents=True, exist_ok=True)
     context = distributed.context_from_environment()  # torchrun's processes; one process otherwise
     if context.enabled and config.batch_size % context.world_size:
