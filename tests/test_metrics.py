@@ -388,6 +388,7 @@ def test_write_evaluation_report(tmp_path):
             "sex": rng.choice(["male", "female", None], size=len(y)),
             "age": rng.choice([np.nan, 15.0, 35.0, 50.0, 65.0, 80.0], size=len(y)),
             "localization": rng.choice(["back", "face", "acral"], size=len(y), p=[0.6, 0.37, 0.03]),
+            "dx_type": rng.choice(["histo", "follow_up"], size=len(y)),
             "lesion_id": [f"HAM_{i // 2:07d}" for i in range(len(y))],
         },
         index=np.arange(len(y)) + 1000,  # row-aligned, but not with a 0..n-1 index
@@ -401,16 +402,17 @@ def test_write_evaluation_report(tmp_path):
     written = json.loads((out / "metrics.json").read_text())
     assert "NaN" not in (out / "metrics.json").read_text()
     assert written["balanced_accuracy"] == pytest.approx(metrics["balanced_accuracy"])
-    assert set(written["subgroups"]) == {"sex", "age_band", "localization"}
+    assert set(written["subgroups"]) == {"sex", "age_band", "localization", "dx_type"}
+    assert sum(group["n"] for group in written["subgroups"]["dx_type"].values()) == len(y)
     assert written["subgroups"]["sex"]["unknown"]["n"] == int(pd.isna(metadata["sex"]).sum())
     assert written["confidence_intervals"]["method"].endswith("over clusters")  # lesion_id was used
 
     report = (out / "report.md").read_text()
     assert report.startswith("# Test report")
-    for heading in ["## Headline", "## Per class", "## Operating points", "## Confidence intervals",
-                    "## Subgroups", "### Sex", "### Age band", "### Body site"]:  # fmt: skip
+    for heading in ["## Headline", "## Per class", "## Operating points", "## Confidence intervals", "## Subgroups",
+                    "### Sex", "### Age band", "### Body site", "### How the diagnosis was confirmed"]:  # fmt: skip
         assert heading in report, heading
-    for row_start in ["| <30 |", "| 75+ |", "| unknown |", "| female |", "| back |", "| acral |"]:
+    for row_start in ["| <30 |", "| 75+ |", "| unknown |", "| female |", "| back |", "| acral |", "| histo |"]:
         assert row_start in report, row_start
     assert report.index("| <30 |") < report.index("| 30-44 |") < report.index("| 75+ |")
     assert f"{metrics['balanced_accuracy']:.3f}" in report

@@ -51,6 +51,9 @@ def test_train_then_evaluate(ham10000_dir, split_csv, pretrained_v3_small, tmp_p
     assert 0 <= metrics["balanced_accuracy"] <= 1 and metrics["calibration"]["temperature"] > 0
     assert "## Calibration" in (tmp_path / "eval" / "report.md").read_text()
     assert "per-class bias" in (tmp_path / "eval" / "report.md").read_text()
+    # HAM10000's metadata gives subgroups, among them how each diagnosis was confirmed.
+    assert {"sex", "age_band", "localization", "dx_type"} <= set(metrics["subgroups"])
+    assert "### How the diagnosis was confirmed (dx_type)" in (tmp_path / "eval" / "report.md").read_text()
     compared = metrics["calibration"]["compared"]
     assert [row["calibrator"].split(" ")[0] for row in compared] == ["none", "temperature", "temperature"]
     # Temperature never moves the argmax: same balanced accuracy as the raw logits.

@@ -396,6 +396,6 @@ def read_split(path: str | Path) -> pd.DataFrame:
 
 
 def split_with_metadata(split: pd.DataFrame, metadata: pd.DataFrame) -> pd.DataFrame:
-    """The split joined with the metadata columns (age, sex, localization) used for subgroup results."""
+    """The split joined with the metadata columns (age, sex, localization, dx_type) used for subgroup results."""
     extra = [c for c in metadata.columns if c not in ("lesion_id", "dx")]
     return split.merge(metadata[extra], on="image_id", how="left", validate="one_to_one")

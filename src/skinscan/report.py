@@ -27,7 +27,11 @@ AGE_BANDS: tuple[tuple[str, float, float], ...] = (
 )
 UNKNOWN = "unknown"
 # Subgroup (key in metrics.json) -> heading in report.md; "age_band" comes from binning the "age" column.
-SUBGROUP_HEADINGS: dict[str, str] = {"sex": "Sex", "age_band": "Age band", "localization": "Body site"}
+# "dx_type" is how the label was confirmed (HAM10000: histo, follow_up, consensus, confocal): histopathology
+# confirms the lesions that worried a clinician enough to excise them, the hard cases, while follow-up confirms
+# only nevi that stayed unchanged; a model can look good overall and still be weak on the histo-confirmed ones.
+SUBGROUP_HEADINGS: dict[str, str] = {"sex": "Sex", "age_band": "Age band", "localization": "Body site",
+                                     "dx_type": "How the diagnosis was confirmed (dx_type)"}
 REPORT_FILES = (
     "metrics.json",
     "confusion_matrix.png",
@@ -53,8 +57,8 @@ def write_evaluation_report(
 ) -> dict:
     """Write metrics.json, confusion_matrix.png, roc_curves.png, reliability_diagram.png and report.md.
 
-    ``metadata`` (optional) is row-aligned with ``y_true``; its ``sex``, ``age`` and ``localization``
-    columns, where present, give subgroup tables, and a ``lesion_id`` column makes the bootstrap resample
+    ``metadata`` (optional) is row-aligned with ``y_true``; its ``sex``, ``age``, ``localization`` and
+    ``dx_type`` columns, where present, give subgroup tables, and a ``lesion_id`` column makes the bootstrap resample
     whole lesions. ``malignant`` and ``label_names`` (code -> name) come from the model's label set;
     without names, HAM10000's are used. Returns the metrics dict written to metrics.json.
     """
@@ -119,6 +123,8 @@ def subgroup_columns(metadata: pd.DataFrame) -> dict[str, list[str]]:
         columns["age_band"] = [age_band(age) for age in metadata["age"]]
     if "localization" in metadata:
         columns["localization"] = _category_values(metadata["localization"])
+    if "dx_type" in metadata:
+        columns["dx_type"] = _category_values(metadata["dx_type"])
     return columns
 
 
@@ -360,7 +366,7 @@ def _intervals_section(metrics: dict) -> str:
 def _subgroup_section(metrics: dict) -> str:
     subgroups = metrics.get("subgroups") or {}
     if not subgroups:
-        return "## Subgroups\n\nNo metadata with sex, age or body site was given."
+        return "## Subgroups\n\nNo metadata with sex, age, body site or confirmation type was given."
     band_order = [name for name, _, _ in AGE_BANDS] + [UNKNOWN]
     parts = [
         "## Subgroups",
