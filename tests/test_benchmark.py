@@ -167,3 +167,19 @@ def test_train_throughput_script_runs_both_pipelines(tmp_path):
         assert measure["skinscan"]["images_per_s"] > 0 and measure["baseline"]["images_per_s"] > 0
         assert measure["ratio"] > 0
     assert report["images"].startswith(("real", "random"))
+
+
+def test_int8_variants_timing_reports_the_graphs_it_can_build(ham10000_dir, split_csv, tmp_path):
+    """On the bundled package (colour constancy in front of the stem) the all-INT8 variant is refused by the
+    quantizer: the script says why and times the graphs it has, each against its FP32, with the baseline's rows."""
+    out = tmp_path / "timing.json"
+    command = [sys.executable, str(REPOSITORY / "benchmarks" / "int8_variants_timing.py"), "--iterations", "3",
+               "--data", str(ham10000_dir), "--split", str(split_csv), "--json", str(out),
+               "--baseline", str(REPOSITORY / "src" / "skinscan" / "models")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "no all-INT8 variant of this package:" in result.stdout
+    report = json.loads(out.read_text())
+    assert set(report) == {"fp32", "int8 (shipped)", "baseline fp32", "baseline int8"}
+    assert report["fp32"]["fp32_over_this"] == 1.0 and report["baseline fp32"]["fp32_over_this"] == 1.0
+    assert all(row["median_ms"] > 0 and row["p20_ms"] > 0 for row in report.values())
