@@ -54,7 +54,7 @@ def main() -> int:
         try:
             quantize_package_model(package / FP32_FILE, all_int8, calibration, float_blocks=0)
             files["int8 (all blocks)"] = all_int8
-        except ValueError as error:  # e.g. colour constancy in front of the stem: the all-INT8 edit refuses it
+        except ValueError as error:  # e.g. colour constancy in front of the stem: refused before calibrating
             print(f"no all-INT8 variant of this package: {error}")
         if args.baseline:
             files |= {"baseline fp32": args.baseline / FP32_FILE, "baseline int8": args.baseline / INT8_FILE}

@@ -215,6 +215,19 @@ def _normalisation_chain(index: GraphIndex) -> tuple[onnx.NodeProto, onnx.NodePr
     raise ValueError("unexpected graph: the input normalisation is not Sub -> Div -> Conv")
 
 
+STEM_NOT_FED_BY_PIXELS = ("a model trained with --color-constancy computes its first convolution's input in float, "
+                          "so keep the first blocks float (the default --float-blocks) or pass --no-graph-edits")
+
+
+def require_pixels_at_stem(model: onnx.ModelProto) -> None:
+    """Refuse, before minutes of calibration, a graph that `feed_pixels_to_stem` would refuse after them: with
+    the normalisation folded, the first convolution must read the cast pixels through Sub(128) alone."""
+    index = GraphIndex(model)
+    cast = next(n for n in model.graph.node if n.op_type == "Cast")
+    if not any(_follow(index, sub, ("Conv",)) for sub in index.consumers[cast.output[0]] if sub.op_type == "Sub"):
+        raise ValueError("unexpected graph: expected Cast -> Sub -> Conv at the input; " + STEM_NOT_FED_BY_PIXELS)
+
+
 # ----------------------------------------------------------------------------- INT8 edits (after PTQ)
 def feed_pixels_to_stem(model: onnx.ModelProto) -> onnx.ModelProto:
     """Cast -> Sub(128) -> QuantizeLinear -> QLinearConv  becomes  uint8 pixels -> QLinearConv.
@@ -228,9 +241,8 @@ def feed_pixels_to_stem(model: onnx.ModelProto) -> onnx.ModelProto:
               for sub in index.consumers[cast.output[0]] if sub.op_type == "Sub"]
     chains = [chain for chain in chains if chain is not None]
     if not chains:
-        raise ValueError("unexpected graph: expected Cast -> Sub -> QuantizeLinear -> QLinearConv at the input; a "
-                         "model trained with --color-constancy computes its first convolution's input in float, so "
-                         "keep the first blocks float (the default --float-blocks) or pass --no-graph-edits")
+        raise ValueError("unexpected graph: expected Cast -> Sub -> QuantizeLinear -> QLinearConv at the input; "
+                         + STEM_NOT_FED_BY_PIXELS)
     sub, quantize, conv = chains[-1]
     old_scale = float(index.value(conv.input[1]))
     weight_scale = index.value(conv.input[4])
@@ -450,6 +462,8 @@ def quantize_package_model(fp32_path: str | Path, int8_path: str | Path, calibra
             model = fold_normalization_into_stem(model)
         name_unnamed_nodes(model)  # exclusion (float blocks, explanation and gate branches) goes by name
         float_names = float_block_nodes(model, float_blocks)
+        if graph_edits and not float_names:
+            require_pixels_at_stem(model)
         cam_nodes = explanation_only_nodes(model)  # the explanation branch stays float (module docstring)
         gate_nodes = gate_only_nodes(model)
         onnx.save(model, str(prepared))
