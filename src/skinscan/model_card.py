@@ -195,7 +195,11 @@ def render_model_card(package_dir: str | Path, metrics: dict, command: str, note
         "## Factors\n\n"
         "HAM10000 comes from two sites (Vienna, Queensland) and mostly fair-skinned patients: skin types V-VI are "
         "essentially absent, so performance on dark skin is unknown. Dermatoscope model, image quality, body site, "
-        "age and sex vary; results by sex, age band and body site are in the quantitative analyses below.",
+        "age and sex vary; results by sex, age band and body site are in the quantitative analyses below. So are "
+        "results by how the diagnosis was confirmed: histopathology for the lesions a clinician excised (the "
+        "hard cases, and every melanoma), follow-up for nevi that stayed unchanged, expert consensus or confocal "
+        "microscopy otherwise; accuracy on histopathology-confirmed lesions is the figure closest to the lesions "
+        "that worry people.",
         "## Metrics\n\n"
         "ISIC 2018 Task 3 metrics (balanced multiclass accuracy as the headline, per-class AUC and sensitivity), "
         "melanoma sensitivity at fixed specificity, malignant-vs-benign AUC and expected calibration error; "
