@@ -215,17 +215,23 @@ def _normalisation_chain(index: GraphIndex) -> tuple[onnx.NodeProto, onnx.NodePr
     raise ValueError("unexpected graph: the input normalisation is not Sub -> Div -> Conv")
 
 
-STEM_NOT_FED_BY_PIXELS = ("a model trained with --color-constancy computes its first convolution's input in float, "
-                          "so keep the first blocks float (the default --float-blocks) or pass --no-graph-edits")
+def _pixels_to_stem(index: GraphIndex, after_sub: tuple[str, ...]) -> tuple[onnx.NodeProto, list[onnx.NodeProto]]:
+    """The input Cast and its chain Sub -> `after_sub` into the first convolution; a clear error where there is
+    none (a model trained with --color-constancy computes that convolution's input in float)."""
+    cast = next(n for n in index.graph.node if n.op_type == "Cast")
+    chains = [_follow(index, sub, after_sub) for sub in index.consumers[cast.output[0]] if sub.op_type == "Sub"]
+    chains = [chain for chain in chains if chain is not None]
+    if not chains:
+        raise ValueError(f"unexpected graph: expected Cast -> Sub -> {' -> '.join(after_sub)} at the input; a model "
+                         "trained with --color-constancy computes its first convolution's input in float, so keep "
+                         "the first blocks float (the default --float-blocks) or pass --no-graph-edits")
+    return cast, chains[-1]
 
 
 def require_pixels_at_stem(model: onnx.ModelProto) -> None:
     """Refuse, before minutes of calibration, a graph that `feed_pixels_to_stem` would refuse after them: with
     the normalisation folded, the first convolution must read the cast pixels through Sub(128) alone."""
-    index = GraphIndex(model)
-    cast = next(n for n in model.graph.node if n.op_type == "Cast")
-    if not any(_follow(index, sub, ("Conv",)) for sub in index.consumers[cast.output[0]] if sub.op_type == "Sub"):
-        raise ValueError("unexpected graph: expected Cast -> Sub -> Conv at the input; " + STEM_NOT_FED_BY_PIXELS)
+    _pixels_to_stem(GraphIndex(model), ("Conv",))
 
 
 # ----------------------------------------------------------------------------- INT8 edits (after PTQ)
@@ -236,14 +242,7 @@ def feed_pixels_to_stem(model: onnx.ModelProto) -> onnx.ModelProto:
     float round trip goes; the stem's int32 bias is re-expressed for the new input scale.
     """
     index = GraphIndex(model)
-    cast = next(n for n in model.graph.node if n.op_type == "Cast")
-    chains = [_follow(index, sub, ("QuantizeLinear", "QLinearConv"))
-              for sub in index.consumers[cast.output[0]] if sub.op_type == "Sub"]
-    chains = [chain for chain in chains if chain is not None]
-    if not chains:
-        raise ValueError("unexpected graph: expected Cast -> Sub -> QuantizeLinear -> QLinearConv at the input; "
-                         + STEM_NOT_FED_BY_PIXELS)
-    sub, quantize, conv = chains[-1]
+    cast, (sub, quantize, conv) = _pixels_to_stem(index, ("QuantizeLinear", "QLinearConv"))
     old_scale = float(index.value(conv.input[1]))
     weight_scale = index.value(conv.input[4])
     scale_name = index.add_initializer("pixel_scale", np.array(1.0, np.float32))
