@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch", reason="training needs the `train` extra (t
 
 from skinscan import train as train_module  # noqa: E402
 from skinscan.compare import compare_checkpoints, format_comparison  # noqa: E402
-from skinscan.data import read_split  # noqa: E402
+from skinscan.data import DatasetError, read_metadata, read_split  # noqa: E402
 from skinscan.evaluate import evaluate_checkpoint  # noqa: E402
 from skinscan.export import build_package, torch_probabilities  # noqa: E402
 from skinscan.manifest import verify_file  # noqa: E402
@@ -233,25 +233,54 @@ def test_lesion_balanced_sampling_keeps_class_shares_and_evens_out_lesions():
     assert torch.equal(per_lesion[4:], per_image[4:])  # single-image lesions only: nothing changes
 
 
-def test_lesion_balanced_run_samples_by_the_splits_lesions(ham10000_dir, split_csv, pretrained_v3_small, tmp_path,
-                                                           monkeypatch):
+def test_histo_weight_favours_histopathology_within_each_class_only():
+    labels = torch.tensor([0, 0, 0, 1, 1])
+    histo = torch.tensor([True, False, False, True, True])  # class 1: every image histo-confirmed
+    plain, prior = train_module.sampling_weights(labels, 0.5, 2)
+    weighted, weighted_prior = train_module.sampling_weights(labels, 0.5, 2, histopathology=histo, histo_weight=3.0)
+    assert torch.equal(prior, weighted_prior)
+    for c in (0, 1):  # each class keeps its total weight
+        assert weighted[labels == c].sum() == pytest.approx(plain[labels == c].sum().item())
+    assert weighted[0] == pytest.approx(3 * weighted[1].item())  # histo three times as likely as the others
+    assert weighted[0] == pytest.approx(0.6 * weighted[:3].sum().item())  # 3 of the class's 5 parts
+    assert torch.allclose(weighted[3:], plain[3:])  # all histo: nothing to favour
+    lesion_balanced = train_module.sampling_weights(labels, 0.5, 2, ["a", "a", "b", "c", "d"], histo, 3.0)[0]
+    assert lesion_balanced[labels == 0].sum() == pytest.approx(plain[labels == 0].sum().item())
+
+
+def test_histo_weight_needs_a_dx_type_column(tmp_path):
+    (tmp_path / "HAM10000_metadata.csv").write_text("lesion_id,image_id,dx\nL1,I1,nv\n")
+    with pytest.raises(DatasetError, match="--histo-weight needs a dx_type column"):
+        train_module.histopathology_mask(str(tmp_path), ["I1"])
+
+
+def test_sampling_options_reach_the_sampler(ham10000_dir, split_csv, pretrained_v3_small, tmp_path, monkeypatch):
+    """--lesion-balanced and --histo-weight hand the split's lesions and the metadata's dx_type to the sampler."""
     seen = []
     original = train_module.sampling_weights
 
-    def spy(labels, power, num_classes, lesion_ids=None):
-        seen.append(lesion_ids)
-        return original(labels, power, num_classes, lesion_ids)
+    def spy(labels, power, num_classes, lesion_ids=None, histopathology=None, histo_weight=1.0):
+        seen.append((lesion_ids, histopathology, histo_weight))
+        return original(labels, power, num_classes, lesion_ids, histopathology, histo_weight)
 
     monkeypatch.setattr(train_module, "sampling_weights", spy)
-    config = tiny_config(ham10000_dir, split_csv, tmp_path / "run", pretrained_v3_small, epochs=1, lesion_balanced=True)
+    config = tiny_config(ham10000_dir, split_csv, tmp_path / "run", pretrained_v3_small, epochs=1,
+                         lesion_balanced=True, histo_weight=3.0)
     train(config)
     split = read_split(split_csv)
     lesion_of = dict(zip(split.image_id, split.lesion_id, strict=True))
-    drawn = [ids for ids in seen if ids is not None]
+    metadata = read_metadata(ham10000_dir)
+    dx_type_of = dict(zip(metadata.image_id, metadata.dx_type, strict=True))
+    drawn = [call for call in seen if call[0] is not None]
     assert len(drawn) == 2  # the warm-up and the fine-tuning epoch
     train_ids = train_module.load_split_data(config, parts=("train",))["train"].image_ids
-    assert drawn[0] == [lesion_of[i] for i in train_ids]
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["lesion_balanced"] is True
+    lesion_ids, histopathology, histo_weight = drawn[0]
+    assert lesion_ids == [lesion_of[i] for i in train_ids]
+    assert histopathology.tolist() == [dx_type_of[i] == "histo" for i in train_ids]
+    assert 0 < sum(histopathology.tolist()) < len(train_ids)  # the tiny split mixes both kinds
+    assert histo_weight == 3.0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["lesion_balanced"] is True and saved["histo_weight"] == 3.0
 
 
 def test_selection_score_ranks_by_balanced_accuracy_or_its_sum_with_auc():

@@ -96,7 +96,7 @@ def cmd_train(args) -> int:
         teachers=[str(t) for t in args.teacher], distill_weight=args.distill_weight,
         distill_temperature=args.distill_temperature, mixup_alpha=args.mixup,
         color_constancy=args.color_constancy.replace("-", "_"), lesion_balanced=args.lesion_balanced,
-        select=args.select.replace("-", "_"),
+        histo_weight=args.histo_weight, select=args.select.replace("-", "_"),
     )
     best = train(config, resume=args.resume)
     if os.environ.get("RANK", "0") != "0":
@@ -152,6 +152,13 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
     return value
 
 
@@ -455,6 +462,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--lesion-balanced", action="store_true",
                     help="within each class, sample every lesion equally often instead of every image (repeat "
                          "views of one lesion then share its turn; the class balance is unchanged)")
+    tr.add_argument("--histo-weight", type=positive_float, default=1.0, metavar="W",
+                    help="within each class, sample histopathology-confirmed images (metadata dx_type 'histo') W "
+                         "times as often as the others, e.g. 3 for more of the hard, excised nevi; the class "
+                         "balance is unchanged (default 1: no preference)")
     tr.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
                     help="mixup with lambda ~ Beta(ALPHA, ALPHA), e.g. 0.2 (0 = off, the default recipe)")
     tr.set_defaults(func=cmd_train)
