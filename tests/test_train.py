@@ -254,6 +254,18 @@ def test_histo_weight_needs_a_dx_type_column(tmp_path):
         train_module.histopathology_mask(str(tmp_path), ["I1"])
 
 
+def test_histo_weight_must_be_a_positive_finite_number(capsys):
+    from skinscan.cli import build_parser
+
+    assert build_parser().parse_args(["train", "--histo-weight", "2.5"]).histo_weight == 2.5
+    for bad in ("0", "-1", "inf", "nan"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["train", "--histo-weight", bad])
+        assert "must be a finite number above 0" in capsys.readouterr().err
+    with pytest.raises(DatasetError, match="--histo-weight reads dx_type"):
+        train_module.histopathology_mask("/nonexistent-folder", ["I1"])
+
+
 def test_sampling_options_reach_the_sampler(ham10000_dir, split_csv, pretrained_v3_small, tmp_path, monkeypatch):
     """--lesion-balanced and --histo-weight hand the split's lesions and the metadata's dx_type to the sampler."""
     seen = []

@@ -141,7 +141,11 @@ def load_split_data(config: TrainConfig, parts=("train", "val")) -> dict[str, Sp
 
 def histopathology_mask(data_dir: str, image_ids: list[str]) -> torch.Tensor:
     """Which images' labels were confirmed by histopathology, from the metadata's `dx_type` column (HAM10000)."""
-    metadata = read_metadata(data_dir)
+    try:
+        metadata = read_metadata(data_dir)
+    except DatasetError as error:
+        raise DatasetError(f"--histo-weight reads dx_type from the HAM10000 metadata next to the images: {error}") \
+            from None
     if "dx_type" not in metadata.columns:
         raise DatasetError(f"--histo-weight needs a dx_type column (HAM10000's: histo, follow_up, consensus, "
                            f"confocal) in the metadata of {data_dir}; it has {', '.join(metadata.columns)}. "
