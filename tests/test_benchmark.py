@@ -171,15 +171,22 @@ def test_train_throughput_script_runs_both_pipelines(tmp_path):
 
 def test_int8_variants_timing_reports_the_graphs_it_can_build(ham10000_dir, split_csv, tmp_path):
     """On the bundled package (colour constancy in front of the stem) the all-INT8 variant is refused by the
-    quantizer: the script says why and times the graphs it has, each against its FP32, with the baseline's rows."""
+    quantizer: the script says why and times the graphs it has (here also a variant with 7 float blocks), each
+    against its FP32, with the baseline's rows; `--score val` adds each graph's accuracy on val images."""
     out = tmp_path / "timing.json"
     command = [sys.executable, str(REPOSITORY / "benchmarks" / "int8_variants_timing.py"), "--iterations", "3",
                "--data", str(ham10000_dir), "--split", str(split_csv), "--json", str(out),
-               "--baseline", str(REPOSITORY / "src" / "skinscan" / "models")]
+               "--baseline", str(REPOSITORY / "src" / "skinscan" / "models"),
+               "--float-blocks", "0", "7", "--score", "val", "--score-images", "40"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "no all-INT8 variant of this package:" in result.stdout
     report = json.loads(out.read_text())
-    assert set(report) == {"fp32", "int8 (shipped)", "baseline fp32", "baseline int8"}
+    assert set(report) == {"fp32", "int8 (shipped)", "int8 (float blocks 7)", "baseline fp32", "baseline int8"}
     assert report["fp32"]["fp32_over_this"] == 1.0 and report["baseline fp32"]["fp32_over_this"] == 1.0
     assert all(row["median_ms"] > 0 and row["p20_ms"] > 0 for row in report.values())
+    assert report["fp32"]["val_top1_agreement_with_fp32"] == 1.0
+    for name in ("int8 (shipped)", "int8 (float blocks 7)"):
+        assert 0.5 < report[name]["val_top1_agreement_with_fp32"] <= 1.0
+        assert 0.3 < report[name]["val_balanced_accuracy"] <= 1.0 and 0.5 < report[name]["val_macro_auc"] <= 1.0
+    assert "val_balanced_accuracy" not in report["baseline int8"]  # scored: this package's graphs only
