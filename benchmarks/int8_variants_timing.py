@@ -1,4 +1,4 @@
-"""FP32 vs the shipped mixed-precision INT8 vs an all-INT8 graph: whole-model latency, interleaved run by run.
+"""FP32 vs the shipped INT8 vs INT8 variants: whole-model latency interleaved run by run, optionally val accuracy.
 
     python benchmarks/int8_variants_timing.py [--model PACKAGE] [--baseline PACKAGE] [--iterations 1000]
         [--float-blocks N [N ...]] [--score val]

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.special import softmax
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score, recall_score, roc_auc_score
 from sklearn.pipeline import make_pipeline
@@ -72,11 +73,6 @@ def stacking_model() -> object:
     return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, class_weight="balanced", max_iter=5000))
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(1, keepdims=True))
-    return shifted / shifted.sum(1, keepdims=True)
-
-
 def score_folds(rows: pd.DataFrame, logits: np.ndarray, metadata: pd.DataFrame, codes: list[str]) -> list[dict]:
     """Per held-out fold: balanced accuracy and macro AUC of the three arms (ARMS)."""
     labels = rows["true"].map({code: i for i, code in enumerate(codes)}).to_numpy()
@@ -86,7 +82,7 @@ def score_folds(rows: pd.DataFrame, logits: np.ndarray, metadata: pd.DataFrame, 
     for held_out in np.unique(folds):
         test, fit = folds == held_out, folds != held_out
         extra = metadata_features(metadata, fit, sites)
-        probabilities = {ARMS[0]: softmax(logits[test])}
+        probabilities = {ARMS[0]: softmax(logits[test], axis=1)}
         for arm, features in ((ARMS[1], logits), (ARMS[2], np.hstack([logits, extra]))):
             model = stacking_model().fit(features[fit], labels[fit])
             probabilities[arm] = model.predict_proba(features[test])
