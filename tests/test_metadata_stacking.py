@@ -3,6 +3,9 @@ and nothing when it carries nothing, every fold is scored by a fit that never sa
 folders get a clear error."""
 
 import importlib.util
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -115,3 +118,30 @@ def test_bad_evaluation_folders_get_a_clear_error(tmp_path):
         metadata_stacking.load_out_of_fold([tmp_path / "a", tmp_path / "empty"])
     rows, logits, codes = metadata_stacking.load_out_of_fold([tmp_path / "a"])
     assert rows.fold.tolist() == [0, 0] and logits.shape == (2, 7) and codes == CODES
+
+
+def test_command_reads_the_real_metadata_and_names_unknown_images(ham10000_dir, tmp_path):
+    """The command end to end on two folds of real HAM10000 image ids (random logits): it joins age, sex and
+    site from the metadata and prints the three arms; an image id the metadata lacks is a clear error."""
+    metadata = pd.read_csv(ham10000_dir / "HAM10000_metadata.csv")
+    rows = metadata.groupby("dx").head(30).sample(frac=1, random_state=0)
+    rng = np.random.default_rng(0)
+    for fold, part in enumerate((rows.iloc[::2], rows.iloc[1::2])):
+        folder = tmp_path / f"fold{fold}"
+        folder.mkdir()
+        part[["image_id"]].assign(true=part.dx.to_numpy(), **{c: 1 / 7 for c in CODES}).to_csv(
+            folder / "predictions.csv", index=False)
+        np.save(folder / "logits.npy", rng.normal(size=(len(part), len(CODES))))
+    command = [sys.executable, str(SCRIPT), "--data", str(ham10000_dir), "--json", str(tmp_path / "out.json"),
+               "--evaluations", str(tmp_path / "fold0"), str(tmp_path / "fold1")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "stacked: logits + age, sex, site" in result.stdout and f"{len(rows)} out-of-fold images" in result.stdout
+    assert [r["fold"] for r in json.loads((tmp_path / "out.json").read_text())] == [0, 1]
+
+    predictions = pd.read_csv(tmp_path / "fold1" / "predictions.csv")
+    predictions.loc[0, "image_id"] = "ISIC_not_in_metadata"
+    predictions.to_csv(tmp_path / "fold1" / "predictions.csv", index=False)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "ISIC_not_in_metadata" in result.stderr
+    assert "Traceback" not in result.stderr
