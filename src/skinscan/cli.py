@@ -140,7 +140,8 @@ def cmd_evaluate(args) -> int:
 def cmd_export(args) -> int:
     from skinscan.export import build_package
 
-    metadata = build_package(args.checkpoint, args.images or args.data, args.split, args.out, threads=args.threads)
+    metadata = build_package(args.checkpoint, args.images or args.data, args.split, args.out, threads=args.threads,
+                             extra_dir=args.extra)
     print(f"temperature {metadata['skinscan.temperature']:.3f}, malignant threshold "
           f"{metadata['skinscan.thresholds']['malignant']:.3f} (fitted on val)")
     print(f"model package: {args.out} (skinscan.onnx, skinscan.ort, manifest.json)")
@@ -311,11 +312,36 @@ def cmd_gate(args) -> int:
     from skinscan.runtime import ModelPackageError
 
     try:
-        report = gate_report(args.model, args.data, args.split, part=args.part, max_images=args.max_images)
+        report = gate_report(args.model, args.data, args.split, part=args.part, max_images=args.max_images,
+                             external=args.external)
     except (ModelPackageError, ValueError) as error:  # ValueError: a package without the gate
         raise UsageError(str(error)) from None
     print(format_gate_report(report))
     print(f"report: {Path(args.model) / 'gate.json'}")
+    return 0
+
+
+def cmd_regate(args) -> int:
+    from skinscan.manifest import IntegrityError
+    from skinscan.regate import FitData, GateGraphError, regate_package
+
+    for folder, option in ((args.data, "--data"), (args.extra, "--extra")):
+        if folder is not None and not Path(folder).is_dir():
+            raise UsageError(f"{option} {folder} is not a folder")
+    if not Path(args.split).is_file():
+        raise UsageError(f"--split {args.split} not found; write it with `skinscan data split --seed 0`")
+    data = FitData(args.data, args.split, args.extra, per_source=args.per_source, ordinary=args.ordinary,
+                   seed=args.seed, threads=args.threads)
+    try:
+        report = regate_package(args.model, data, cache=args.cache)
+    except (IntegrityError, GateGraphError, FileNotFoundError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    for precision in ("fp32", "int8"):
+        if precision in report:
+            checks = ", ".join(f"{c['reason']} {c['score']} {'<' if 'below' in c else '>'} "
+                               f"{c.get('below', c.get('above')):.3g}" for c in report[precision]["checks"])
+            print(f"{precision}: {report[precision]['val_rejected']:.1%} of validation lesions turned away; {checks}")
+    print(f"fitted on {report['fit']}; measure it with `skinscan gate --model {args.model}`")
     return 0
 
 
@@ -498,6 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--split", type=Path, default=Path("runs/split.csv"))
     ex.add_argument("--out", type=Path, default=Path("runs/package"))
     ex.add_argument("--threads", type=int, default=0)
+    ex.add_argument("--extra", type=Path, default=None,
+                    help="the ISIC 2019 extra folder: its images other than the 256-px external collection join the "
+                         "gate's fit (see `skinscan regate`)")
     ex.set_defaults(func=cmd_export)
 
     qa = verbs.add_parser("qat", help="quantization-aware fine-tuning of a checkpoint (INT8 simulated)")
@@ -530,7 +559,25 @@ def build_parser() -> argparse.ArgumentParser:
     ga.add_argument("--split", type=Path, default=Path("runs/split.csv"))
     ga.add_argument("--part", default="test", choices=["val", "test"])
     ga.add_argument("--max-images", type=int, default=0, help="only the first N lesions of the part (tests)")
+    ga.add_argument("--external", type=Path, default=None,
+                    help="the ISIC 2019 extra folder: also measure its external collection (the 256-px images)")
     ga.set_defaults(func=cmd_gate)
+
+    rg = verbs.add_parser("regate", help="re-fit a package's 'cannot assess' gate on all training sources "
+                          "(no checkpoint needed; the classifier's outputs stay identical)")
+    rg.add_argument("--model", type=Path, default=Path("runs/package"), help="model package folder (edited in place)")
+    rg.add_argument("--data", type=Path, default=default_data_dir(), help="HAM10000 folder")
+    rg.add_argument("--split", type=Path, default=Path("runs/split.csv"),
+                    help="its split (train: fit; val: thresholds)")
+    rg.add_argument("--extra", type=Path, default=None,
+                    help="the ISIC 2019 extra folder: its images other than the 256-px external collection join "
+                         "the fit")
+    rg.add_argument("--per-source", type=int, default=2000, help="lesions drawn from each source's fitting part")
+    rg.add_argument("--ordinary", type=int, default=300, help="ordinary photos of skin for the dermoscopy score")
+    rg.add_argument("--cache", type=Path, default=None, help=".npz of the fitting sets' scores (reused if present)")
+    rg.add_argument("--seed", type=int, default=0)
+    rg.add_argument("--threads", type=int, default=2)
+    rg.set_defaults(func=cmd_regate)
 
     ca = verbs.add_parser("card", help="write MODEL_CARD.md into a package from the measured numbers")
     ca.add_argument("--model", type=Path, default=Path("runs/package"))

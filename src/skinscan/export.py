@@ -248,11 +248,13 @@ def packaged_outputs(wrapped: PackagedModel, images: torch.Tensor, batch_size: i
 
 
 def build_package(checkpoint_path: str | Path, data_dir: str | Path, split_csv: str | Path, out_dir: str | Path,
-                  threads: int = 0) -> dict:
+                  threads: int = 0, extra_dir: str | Path | None = None) -> dict:
     """checkpoint -> a model package folder: calibrated `skinscan.onnx`, its `.ort` form, `manifest.json`.
 
-    Fitted on the train split: the gate's feature Gaussians. Chosen on the val split (never on test): the
-    temperature, the malignancy threshold and the "cannot assess" thresholds.
+    Chosen on the val split (never on test): the temperature and the malignancy threshold. The "cannot
+    assess" gate is then fitted as `skinscan regate` fits it (`skinscan.regate`: the train split, plus the
+    extra folder's images outside its external collection when `extra_dir` is given, each also as another
+    device's view; thresholds on validation lesions), so a new package and a re-gated one have the same gate.
     Returns the metadata written into the graph.
     """
     from skinscan.assess import choose_thresholds
@@ -260,6 +262,8 @@ def build_package(checkpoint_path: str | Path, data_dir: str | Path, split_csv: 
     from skinscan.data import as_source
     from skinscan.manifest import write_manifest
     from skinscan.model import model_from_checkpoint
+    from skinscan.onnx_metadata import read_metadata
+    from skinscan.regate import FitData, regate_package
     from skinscan.train import TrainConfig, checkpoint_labels, load_checkpoint, load_split_data, softmax
 
     out_dir = Path(out_dir)
@@ -290,4 +294,6 @@ def build_package(checkpoint_path: str | Path, data_dir: str | Path, split_csv: 
     onnx_path = export_onnx(model, preprocess, out_dir / "skinscan.onnx", temperature, metadata, cam=True, gate=gate)
     convert_to_ort(onnx_path)
     write_manifest(out_dir)
-    return {key: json.loads(value) for key, value in metadata.items()}
+    extra = None if extra_dir is None else Path(extra_dir)
+    regate_package(out_dir, FitData(Path(config.data_dir), Path(split_csv), extra, threads=max(1, threads)))
+    return read_metadata(onnx.load(str(onnx_path)))

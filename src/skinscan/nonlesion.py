@@ -34,6 +34,9 @@ SKIN_CROPS = {
     "grace_hopper.jpg": {"face": (160, 150, 370, 330), "left cheek": (180, 235, 240, 300),
                          "chin and neck": (225, 320, 305, 380), "right cheek": (290, 235, 345, 300)},
 }
+# The ordinary (not dermoscopic) photos of skin, split by source photo: the dermoscopy score is fitted on crops
+# of one portrait and measured on crops of the other, never on the same face.
+ORDINARY_SKIN_FIT, ORDINARY_SKIN_HELD_OUT = "astronaut", "grace_hopper.jpg"
 SKIN_CLOSE_UP_SIZE = (600, 450)  # (width, height): a modest photo, larger than the model input
 QUADRANT_MIN_SIDE = 256  # crop photos at least this large into quadrants too
 
@@ -108,3 +111,21 @@ def non_lesion_corpus() -> list[NonLesionImage]:
             close_up = crop.resize((round(crop.width * scale), round(crop.height * scale)), Image.Resampling.LANCZOS)
             corpus.append(NonLesionImage("skin close-ups", f"{source} ({where})", close_up))
     return corpus
+
+
+def ordinary_skin_photos(source: str, count: int, seed: int = 0) -> list[NonLesionImage]:
+    """`count` random close-ups of bare skin from one portrait (`SKIN_CROPS[source]`'s face box): squares of
+    15-100% of the box's shorter side at a random place in it, scaled to photo size. What a phone pointed at
+    skin without a dermatoscope gives, from the only licensed portraits a package ships (two; see the module
+    docstring): a small set, so the model card says how small."""
+    image = sample_images()[source]
+    left, top, right, bottom = SKIN_CROPS[source]["face"]
+    rng = np.random.default_rng(seed)
+    photos = []
+    for i in range(count):
+        side = rng.uniform(0.15, 1.0) * min(right - left, bottom - top)
+        x, y = rng.uniform(left, right - side), rng.uniform(top, bottom - side)
+        crop = image.crop((round(x), round(y), round(x + side), round(y + side)))
+        close_up = crop.resize((SKIN_CLOSE_UP_SIZE[1], SKIN_CLOSE_UP_SIZE[1]), Image.Resampling.LANCZOS)
+        photos.append(NonLesionImage("ordinary skin photos", f"{source} (skin crop {i})", close_up))
+    return photos

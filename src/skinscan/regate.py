@@ -1,0 +1,489 @@
+"""Re-fit the "cannot assess" gate of a model package from its ONNX graphs alone (no torch checkpoint).
+
+Why: the gate's lesion distance was a Gaussian over HAM10000's early feature statistics, so it measured
+"how far from one clinic's images" and turned away dermoscopy from other devices (docs/RESULTS.md,
+"Gate across devices"). What makes an image "a dermoscopic lesion photo" across devices is what this fit
+pools and augments for: several sources (HAM10000's train part and the ISIC 2019 images that are not the
+external collection), each shown as other dermatoscopes would show it (`device_views`: lower resolution,
+slight blur, exposure, contrast and white-balance shifts, a circular vignette, any rotation).
+
+What it changes in a package, and only that: the initializers of the distance (`gate.mean_<block>`,
+`gate.whiten_<block>`, the same shapes), one new score column `dermoscopy` in the `assess` output (a
+logistic regression on the same block statistics: dermoscopic vs an ordinary photo of skin, four
+initializers and a handful of nodes), the thresholds in the `skinscan.assess` metadata, and then the `.ort`
+forms and the manifest. The classifier's nodes and weights are not touched, so its outputs stay
+bit-identical (tested). The INT8 graph keeps the stem and blocks 1-5 in float (`skinscan.quantize`), so its
+statistics equal the FP32 graph's (to ~1e-5; tested) and the same parameters and thresholds apply to both.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper, numpy_helper
+from PIL import Image, ImageFilter
+from sklearn.covariance import LedoitWolf
+from sklearn.linear_model import LogisticRegression
+
+from skinscan.assess import ASSESS, DERMOSCOPY
+from skinscan.onnx_metadata import read_metadata, set_metadata
+from skinscan.preprocess import PreprocessConfig
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+MEAN, WHITEN = "gate.mean_{}", "gate.whiten_{}"
+DERMOSCOPY_WEIGHT, DERMOSCOPY_BIAS = "gate.dermoscopy_weight_{}", "gate.dermoscopy_bias"
+DERMOSCOPY_OUTPUT = "gate_dermoscopy_score"
+
+
+class GateGraphError(ValueError):
+    """An ONNX graph without the gate this module edits; the message says what to do."""
+
+
+# ------------------------------------------------------------------------------------- reading the graph
+def statistics_tensors(model: onnx.ModelProto) -> dict[int, str]:
+    """block -> the name of its [N, 2C] feature statistics: the tensor the distance subtracts `gate.mean_<block>`
+    from. Found by the initializer names `skinscan export` gives the gate, so it holds in both precisions."""
+    initializers = {init.name for init in model.graph.initializer}
+    found = {}
+    for node in model.graph.node:
+        if node.op_type == "Sub" and len(node.input) == 2 and node.input[1] in initializers \
+                and node.input[1].startswith("gate.mean_"):
+            found[int(node.input[1].rsplit("_", 1)[1])] = node.input[0]
+    if not found:
+        raise GateGraphError("the graph has no 'cannot assess' gate (no gate.mean_* initializers); export the package "
+                             "with `skinscan export` first")
+    return dict(sorted(found.items()))
+
+
+@dataclass
+class GateScores:
+    """What the graph computes for a set of images: the block statistics and the `assess` scores."""
+
+    statistics: dict[int, np.ndarray]
+    assess: np.ndarray
+    names: list[str]  # the `assess` columns, from the metadata
+
+    def column(self, name: str) -> np.ndarray:
+        return self.assess[:, self.names.index(name)]
+
+    def subset(self, mask: np.ndarray) -> GateScores:
+        return GateScores({k: v[mask] for k, v in self.statistics.items()}, self.assess[mask], self.names)
+
+
+def concatenate(parts: list[GateScores]) -> GateScores:
+    return GateScores({k: np.concatenate([p.statistics[k] for p in parts]) for k in parts[0].statistics},
+                      np.concatenate([p.assess for p in parts]), parts[0].names)
+
+
+def session_with_statistics(model: onnx.ModelProto, threads: int = 1) -> tuple[ort.InferenceSession, dict[int, str]]:
+    """An ORT session whose outputs include the block statistics (extra graph outputs, float, [N, 2C])."""
+    tensors = statistics_tensors(model)
+    model = onnx.ModelProto.FromString(model.SerializeToString())  # leave the caller's graph alone
+    existing = {output.name for output in model.graph.output}
+    for name in tensors.values():
+        if name not in existing:
+            model.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]), tensors
+
+
+def gate_scores(model: onnx.ModelProto, images: np.ndarray, batch_size: int = 32, threads: int = 1) -> GateScores:
+    """Run uint8 [N, H, W, 3] model inputs through the graph up to the gate (ORT runs only what the requested
+    outputs need: the stem, blocks 1-5 and the gate, not the classifier's head)."""
+    runner, tensors = session_with_statistics(model, threads)
+    names = [*tensors.values(), ASSESS]
+    parts = [runner.run(names, {"image": images[i:i + batch_size]}) for i in range(0, len(images), batch_size)]
+    statistics = {block: np.concatenate([p[i] for p in parts]) for i, block in enumerate(tensors)}
+    assess = np.concatenate([p[-1] for p in parts])
+    return GateScores(statistics, assess, list(read_metadata(model)["skinscan.assess"]["scores"]))
+
+
+# ------------------------------------------------------------------------------------ other devices' views
+@dataclass(frozen=True)
+class DeviceViews:
+    """How other dermatoscopes and cameras show the same lesion; each view draws every change independently."""
+
+    low_resolution: float = 0.4        # share of views first shrunk to `low_side` px and scaled back
+    low_side: tuple[int, int] = (64, 128)
+    blur: float = 0.3                  # share blurred slightly (radius up to `blur_radius` px at input size)
+    blur_radius: float = 1.0
+    exposure: float = 0.25             # brightness factor in exp(+-exposure)
+    contrast: float = 0.25
+    white_balance: float = 0.12        # per-channel gain in exp(+-white_balance)
+    vignette: float = 0.4              # share with a black circular vignette (radius 0.45-0.75 of the diagonal)
+    seed: int = 0
+
+
+def device_views(images: np.ndarray, config: DeviceViews = DeviceViews()) -> np.ndarray:
+    """uint8 [N, H, W, 3] model inputs -> one view of each as another device might take it (same shape)."""
+    rng = np.random.default_rng(config.seed)
+    out = np.empty_like(images)
+    height, width = images.shape[1:3]
+    yy, xx = np.mgrid[0:height, 0:width]
+    radius_map = np.hypot((yy - (height - 1) / 2), (xx - (width - 1) / 2)) / np.hypot(height, width)
+    for i, array in enumerate(images):
+        array = np.rot90(array, 2 * rng.integers(2))
+        if rng.random() < 0.5:
+            array = array[:, ::-1]
+        image = Image.fromarray(np.ascontiguousarray(array))
+        if rng.random() < config.low_resolution:
+            side = int(rng.integers(*config.low_side))
+            image = image.resize((side, side), Image.Resampling.BILINEAR).resize((width, height),
+                                                                                 Image.Resampling.BILINEAR)
+        if rng.random() < config.blur:
+            image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, config.blur_radius)))
+        pixels = np.asarray(image, dtype=np.float32)
+        mean = pixels.mean()
+        pixels = (pixels - mean) * np.exp(rng.uniform(-config.contrast, config.contrast)) + mean
+        pixels = pixels * np.exp(rng.uniform(-config.exposure, config.exposure))
+        pixels = pixels * np.exp(rng.uniform(-config.white_balance, config.white_balance, 3))
+        if rng.random() < config.vignette:
+            pixels = pixels * (radius_map < rng.uniform(0.45, 0.75))[..., None]
+        out[i] = np.clip(pixels, 0, 255).round().astype(np.uint8)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ the fit
+@dataclass
+class GateParameters:
+    """The numbers the gate's nodes read: per block a Gaussian (mean, whitening) and the dermoscopy weights."""
+
+    mean: dict[int, np.ndarray]
+    whiten: dict[int, np.ndarray]
+    dermoscopy_weight: dict[int, np.ndarray] = field(default_factory=dict)
+    dermoscopy_bias: float = 0.0
+
+
+def fit_gaussian(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, whitening W) of a Ledoit-Wolf Gaussian, W scaled so that the median ||(x - mean) W||^2 is 1."""
+    x = x.astype(np.float64)
+    mean = x.mean(0)
+    whiten = np.linalg.cholesky(LedoitWolf().fit(x - mean).precision_)
+    distance = (((x - mean) @ whiten) ** 2).sum(1)
+    return mean, whiten / np.sqrt(np.median(distance))
+
+
+def fit_dermoscopy(dermoscopic: dict[int, np.ndarray], ordinary: dict[int, np.ndarray],
+                   regularisation: float = 0.05) -> tuple[dict[int, np.ndarray], float]:
+    """A class-balanced logistic regression, dermoscopic (1) vs ordinary photos of skin (0), on the standardised
+    block statistics; returned unstandardised (score = sum_b x_b . w_b + bias), so the graph needs no scaling.
+
+    Strongly regularised (C = `regularisation`): the ordinary photos are few (see `skinscan.nonlesion`), and
+    a weak direction that generalises beats a sharp one that memorises one portrait.
+    """
+    blocks = sorted(dermoscopic)
+    x = np.concatenate([np.concatenate([dermoscopic[b] for b in blocks], 1),
+                        np.concatenate([ordinary[b] for b in blocks], 1)]).astype(np.float64)
+    y = np.r_[np.ones(len(dermoscopic[blocks[0]])), np.zeros(len(ordinary[blocks[0]]))]
+    centre, scale = x.mean(0), x.std(0) + 1e-6
+    fitted = LogisticRegression(C=regularisation, class_weight="balanced", max_iter=2000)
+    fitted.fit((x - centre) / scale, y)
+    weight = fitted.coef_[0] / scale
+    bias = float(fitted.intercept_[0] - centre @ weight)
+    sizes = np.cumsum([0] + [dermoscopic[b].shape[1] for b in blocks])
+    return {b: weight[sizes[i]:sizes[i + 1]] for i, b in enumerate(blocks)}, bias
+
+
+def fit_parameters(lesions: dict[int, np.ndarray], ordinary: dict[int, np.ndarray] | None) -> GateParameters:
+    """The pooled Gaussian per block, and (with ordinary photos) the dermoscopy score."""
+    gaussians = {block: fit_gaussian(x) for block, x in lesions.items()}
+    parameters = GateParameters({b: g[0] for b, g in gaussians.items()}, {b: g[1] for b, g in gaussians.items()})
+    if ordinary is not None:
+        parameters.dermoscopy_weight, parameters.dermoscopy_bias = fit_dermoscopy(lesions, ordinary)
+    return parameters
+
+
+def score_numpy(parameters: GateParameters, statistics: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(lesion distance, dermoscopy score) as the graph computes them; for choosing designs without a graph."""
+    distance = sum((((statistics[b] - parameters.mean[b]) @ parameters.whiten[b]) ** 2).sum(1) for b in parameters.mean)
+    dermoscopy = sum(statistics[b] @ w for b, w in parameters.dermoscopy_weight.items()) + parameters.dermoscopy_bias
+    return distance, dermoscopy
+
+
+# ------------------------------------------------------------------------------------ writing the graph
+def write_parameters(model: onnx.ModelProto, parameters: GateParameters) -> onnx.ModelProto:
+    """Put the fitted numbers into the graph (in place): replace the distance's initializers and add (or
+    update) the `dermoscopy` column of `assess`. Touches no node the classification outputs depend on."""
+    tensors = statistics_tensors(model)
+    if set(tensors) != set(parameters.mean):
+        raise GateGraphError(f"the graph's gate reads blocks {sorted(tensors)}, the fit has {sorted(parameters.mean)}")
+    initializers = {init.name: init for init in model.graph.initializer}
+
+    def put(name: str, value: np.ndarray) -> None:
+        tensor = numpy_helper.from_array(np.asarray(value, dtype=np.float32), name)
+        if name in initializers:
+            old = initializers[name]
+            if list(old.dims) != list(tensor.dims):
+                raise GateGraphError(f"{name}: the graph has shape {list(old.dims)}, the fit {list(tensor.dims)}")
+            old.CopyFrom(tensor)
+        else:
+            model.graph.initializer.append(tensor)
+            initializers[name] = model.graph.initializer[-1]
+
+    for block in tensors:
+        put(MEAN.format(block), parameters.mean[block])
+        put(WHITEN.format(block), parameters.whiten[block])
+    metadata = read_metadata(model)
+    scores = list(metadata["skinscan.assess"]["scores"])
+    if parameters.dermoscopy_weight:
+        for block in tensors:
+            put(DERMOSCOPY_WEIGHT.format(block), parameters.dermoscopy_weight[block][:, None])
+        put(DERMOSCOPY_BIAS, np.array([parameters.dermoscopy_bias]))
+        if DERMOSCOPY not in scores:
+            _add_dermoscopy_nodes(model, tensors)
+            scores.append(DERMOSCOPY)
+            spec = {**metadata["skinscan.assess"], "scores": scores}
+            set_metadata(model, {"skinscan.assess": json.dumps(spec)})
+    return model
+
+
+def _add_dermoscopy_nodes(model: onnx.ModelProto, tensors: dict[int, str]) -> None:
+    """score = sum_b statistics_b @ w_b + bias, [N, 1], appended to the Concat that makes `assess`."""
+    nodes, terms = [], []
+    for block, name in tensors.items():
+        terms.append(f"gate_dermoscopy_term_{block}")
+        nodes.append(helper.make_node("MatMul", [name, DERMOSCOPY_WEIGHT.format(block)], [terms[-1]],
+                                      name=f"/gate/dermoscopy/MatMul_{block}"))
+    total = terms[0]
+    for i, term in enumerate(terms[1:]):
+        nodes.append(helper.make_node("Add", [total, term], [f"gate_dermoscopy_sum_{i}"],
+                                      name=f"/gate/dermoscopy/Add_{i}"))
+        total = nodes[-1].output[0]
+    nodes.append(helper.make_node("Add", [total, DERMOSCOPY_BIAS], [DERMOSCOPY_OUTPUT], name="/gate/dermoscopy/Bias"))
+    concat = next((n for n in model.graph.node if ASSESS in n.output), None)
+    if concat is None or concat.op_type != "Concat":
+        raise GateGraphError(f"the `{ASSESS}` output is not made by a Concat; re-export the package")
+    concat.input.append(DERMOSCOPY_OUTPUT)
+    position = list(model.graph.node).index(concat)
+    for offset, node in enumerate(nodes):
+        model.graph.node.insert(position + offset, node)
+    for output in model.graph.output:
+        if output.name == ASSESS:  # [N, scores]: the column count is fixed in the declared shape, if any
+            dims = output.type.tensor_type.shape.dim
+            if len(dims) == 2 and dims[1].HasField("dim_value"):
+                dims[1].dim_value += 1
+
+
+# ------------------------------------------------------------------------------------------------- data
+EXTERNAL_WIDTH = 256  # the ISIC 2017-era images of the extra folder: the external collection, measured only
+
+
+@dataclass(frozen=True)
+class FitData:
+    """Where the fit reads its images: only training-side data (see `fit_sets`)."""
+
+    ham_dir: Path
+    split_csv: Path
+    extra_dir: Path | None = None
+    per_source: int = 2000   # lesions drawn from each source's fitting part (plus as many device views)
+    ordinary: int = 300      # ordinary photos of skin (crops of the fitting portrait)
+    seed: int = 0
+    threads: int = 2
+
+
+def extra_rows(extra_dir: str | Path) -> pd.DataFrame:
+    """The extra folder's metadata without the external collection (`width` 256), with a `part` column:
+    a lesion-grouped 80 / 20 split into `fit` and `val` (the same lesion never in both)."""
+    import pandas as pd
+
+    path = Path(extra_dir) / "metadata.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: --extra must be the ISIC 2019 extra folder (images/ and "
+                                "metadata.csv)")
+    rows = pd.read_csv(path)
+    missing = {"lesion_id", "image_id", "width"} - set(rows.columns)
+    if missing:
+        raise ValueError(f"{path} lacks the column(s) {sorted(missing)}")
+    rows = rows[rows.width != EXTERNAL_WIDTH].copy()
+    lesions = np.sort(rows.lesion_id.unique())
+    held_out = set(np.random.default_rng(0).permutation(lesions)[:len(lesions) // 5])
+    rows["part"] = np.where(rows.lesion_id.isin(held_out), "val", "fit")
+    return rows
+
+
+def external_rows(extra_dir: str | Path) -> pd.DataFrame:
+    """The external collection (`width` 256): for measuring, never for fitting."""
+    import pandas as pd
+
+    rows = pd.read_csv(Path(extra_dir) / "metadata.csv")
+    return rows[rows.width == EXTERNAL_WIDTH]
+
+
+def _sample(rows: pd.DataFrame, count: int, seed: int) -> pd.DataFrame:
+    return rows if not count or len(rows) <= count else rows.sample(n=count, random_state=seed).sort_index()
+
+
+def _decode(image_dir: Path, image_ids: list[str], config: PreprocessConfig, threads: int, desc: str) -> np.ndarray:
+    from skinscan.data import decode_images, image_paths
+
+    return decode_images(image_paths(image_dir, image_ids), config, threads, desc)
+
+
+def fit_sets(data: FitData, config: PreprocessConfig) -> dict[str, np.ndarray]:
+    """uint8 model inputs of every set the fit reads, by name:
+    - `lesions`: HAM10000's train part and the extra folder's `fit` part (each up to `per_source`), each image
+      plain and as one device view (`device_views`): what the distance and the dermoscopy score learn;
+    - `val` / `val_low_resolution`: HAM10000's val part, and the extra folder's `val` part (84-px images):
+      the lesions whose scores the thresholds are chosen on;
+    - `ordinary`: ordinary photos of skin (`skinscan.nonlesion.ordinary_skin_photos`, the fitting portrait).
+    Never the HAM10000 test part, never the external collection.
+    """
+    from skinscan.data import read_split
+    from skinscan.nonlesion import ORDINARY_SKIN_FIT, ordinary_skin_photos
+    from skinscan.preprocess import resize_to_input
+
+    split = read_split(data.split_csv)
+    ham_images = Path(data.ham_dir) / "images" if (Path(data.ham_dir) / "images").is_dir() else Path(data.ham_dir)
+    train = _sample(split[split.split == "train"], data.per_source, data.seed)
+    parts = [_decode(ham_images, train.image_id.tolist(), config, data.threads, "decode HAM train")]
+    val = {"val": _decode(ham_images, split[split.split == "val"].image_id.tolist(), config, data.threads,
+                          "decode HAM val")}
+    if data.extra_dir is not None:
+        rows = extra_rows(data.extra_dir)
+        extra_images = Path(data.extra_dir) / "images"
+        fit = _sample(rows[rows.part == "fit"], data.per_source, data.seed)
+        parts.append(_decode(extra_images, fit.image_id.tolist(), config, data.threads, "decode extra fit"))
+        held = _sample(rows[rows.part == "val"], data.per_source // 2, data.seed)
+        val["val_low_resolution"] = _decode(extra_images, held.image_id.tolist(), config, data.threads,
+                                            "decode extra val")
+    plain = np.concatenate(parts)
+    lesions = np.concatenate([plain, device_views(plain, DeviceViews(seed=data.seed))])
+    ordinary = np.stack([resize_to_input(item.image, config)
+                         for item in ordinary_skin_photos(ORDINARY_SKIN_FIT, data.ordinary, data.seed)])
+    return {"lesions": lesions, **val, "ordinary": ordinary}
+
+
+# ------------------------------------------------------------------------------------------ the package
+@dataclass
+class FitScores:
+    """The graph's scores of every fitting set (`fit_sets`), computed once with the package's FP32 graph."""
+
+    sets: dict[str, GateScores]
+
+    def save(self, path: Path) -> None:
+        arrays = {}
+        for name, scores in self.sets.items():
+            arrays[f"{name}/assess"] = scores.assess
+            arrays.update({f"{name}/{block}": value for block, value in scores.statistics.items()})
+        np.savez(path, names=np.array(next(iter(self.sets.values())).names), **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> FitScores:
+        with np.load(path) as archive:
+            names = [str(n) for n in archive["names"]]
+            sets: dict[str, GateScores] = {}
+            for key in archive.files:
+                if key == "names":
+                    continue
+                set_name, what = key.split("/")
+                scores = sets.setdefault(set_name, GateScores({}, np.empty(0), names))
+                if what == "assess":
+                    scores.assess = archive[key]
+                else:
+                    scores.statistics[int(what)] = archive[key]
+        return cls(sets)
+
+
+def compute_fit_scores(model: onnx.ModelProto, data: FitData) -> FitScores:
+    config = PreprocessConfig.from_json(read_metadata(model)["skinscan.preprocess"])
+    images = fit_sets(data, config)
+    return FitScores({name: gate_scores(model, array, threads=data.threads) for name, array in images.items()})
+
+
+def fit_and_thresholds(fit: FitScores, score_names: list[str]) -> tuple[GateParameters, np.ndarray, np.ndarray]:
+    """Fit the parameters on `lesions` / `ordinary`; the validation lesions' new `assess` rows and sharp-mask."""
+    from skinscan.assess import SCORES
+
+    parameters = fit_parameters(fit.sets["lesions"].statistics, fit.sets["ordinary"].statistics)
+    val_sets = [name for name in ("val", "val_low_resolution") if name in fit.sets]
+    val = concatenate([fit.sets[name] for name in val_sets])
+    sharp = np.concatenate([np.full(len(fit.sets[name].assess), name == "val") for name in val_sets])
+    distance, dermoscopy = score_numpy(parameters, val.statistics)
+    quality = np.column_stack([val.column(name) for name in SCORES[1:]])
+    rows = np.column_stack([distance, quality, dermoscopy])
+    assert score_names == [*SCORES, DERMOSCOPY], score_names
+    return parameters, rows, sharp
+
+
+def regate_package(package_dir: str | Path, data: FitData, cache: Path | None = None) -> dict:
+    """Re-fit the gate of every graph in the package (see the module docstring); returns a short report.
+
+    cache: a `.npz` of the fitting sets' scores (`FitScores`): written on the first run, read on later ones
+    (the scores depend only on the graph's early blocks, which the re-fit does not change).
+    """
+    from skinscan.assess import choose_thresholds
+    from skinscan.manifest import verify_file, write_manifest
+    from skinscan.ort_mobile import convert_to_ort
+    from skinscan.runtime import FP32_FILE, INT8_FILE
+
+    package_dir = Path(package_dir)
+    graphs = {precision: package_dir / file for precision, file in (("fp32", FP32_FILE), ("int8", INT8_FILE))
+              if (package_dir / file).is_file()}
+    if "fp32" not in graphs:
+        raise FileNotFoundError(f"{package_dir / FP32_FILE} not found: --model must be a skinscan model package")
+    for path in graphs.values():
+        verify_file(package_dir, path.name)  # IntegrityError for a tampered or unlisted graph
+    models = {precision: onnx.load(str(path)) for precision, path in graphs.items()}
+    for model in models.values():
+        statistics_tensors(model)  # GateGraphError before an hour of decoding
+        if "skinscan.assess" not in read_metadata(model):
+            raise GateGraphError("the package has no skinscan.assess metadata; re-export it with `skinscan export`")
+    if cache is not None and Path(cache).is_file():
+        fit = FitScores.load(Path(cache))
+    else:
+        fit = compute_fit_scores(models["fp32"], data)
+        if cache is not None:
+            Path(cache).parent.mkdir(parents=True, exist_ok=True)
+            fit.save(Path(cache))
+    report = {"fit": {name: int(len(scores.assess)) for name, scores in fit.sets.items()}}
+    from skinscan.assess import SCORES
+
+    parameters, val_rows, sharp = fit_and_thresholds(fit, [*SCORES, DERMOSCOPY])
+    config = PreprocessConfig.from_json(read_metadata(models["fp32"])["skinscan.preprocess"])
+    probe = _probe_images(data, config)
+    for precision, model in models.items():
+        write_parameters(model, parameters)
+        spec = choose_thresholds(val_rows, scores=[*SCORES, DERMOSCOPY], sharp=sharp)
+        spec["fit"] = (f"re-fitted by `skinscan regate` on {report['fit']['lesions']} lesion views (HAM10000 train"
+                       f"{' + ISIC 2019 extra, not the external collection' if data.extra_dir else ''}, each plain "
+                       f"and as another device's view) and {report['fit']['ordinary']} ordinary photos of skin")
+        if precision == "int8":
+            spec["precision"] = "int8"
+        set_metadata(model, {"skinscan.assess": json.dumps(spec)})
+        report[precision] = {"val_rejected": spec["val_rejected"], "checks": spec["checks"]}
+        check_graph_scores(model, parameters, probe)
+    for precision, model in models.items():
+        onnx.checker.check_model(model)
+        onnx.save(model, str(graphs[precision]))
+        if graphs[precision].with_suffix(".ort").is_file():
+            convert_to_ort(graphs[precision])
+    write_manifest(package_dir)
+    return report
+
+
+def _probe_images(data: FitData, config: PreprocessConfig, count: int = 16) -> np.ndarray:
+    from skinscan.data import read_split
+
+    split = read_split(data.split_csv)
+    ham_images = Path(data.ham_dir) / "images" if (Path(data.ham_dir) / "images").is_dir() else Path(data.ham_dir)
+    return _decode(ham_images, split[split.split == "val"].image_id.head(count).tolist(), config, 1, "decode probe")
+
+
+def check_graph_scores(model: onnx.ModelProto, parameters: GateParameters, images: np.ndarray) -> None:
+    """The edited graph computes what the fit meant: on a few real lesions its `lesion_distance` and `dermoscopy`
+    columns equal the numpy definitions applied to its own block statistics (float32 against float64)."""
+    scores = gate_scores(model, images)
+    distance, dermoscopy = score_numpy(parameters, scores.statistics)
+    if not (np.allclose(scores.column("lesion_distance"), distance, rtol=1e-3, atol=1e-3)
+            and np.allclose(scores.column(DERMOSCOPY), dermoscopy, rtol=1e-3, atol=1e-3)):
+        raise GateGraphError("the edited graph's gate scores differ from the fitted definition; nothing was written")

@@ -1,0 +1,216 @@
+"""`skinscan regate`: the gate re-fitted from the ONNX graphs alone. The classifier's outputs stay bit-identical,
+the graph computes the fitted scores, the dermoscopy score separates dermoscopy-like from photo-like images,
+the external collection never reaches the fit, and bad input gets a clear message."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import onnx
+import pandas as pd
+import pytest
+from PIL import Image
+
+from skinscan.assess import DERMOSCOPY, SCORES, AssessSpec
+from skinscan.cli import main
+from skinscan.regate import (
+    FitData,
+    device_views,
+    extra_rows,
+    fit_dermoscopy,
+    gate_scores,
+    regate_package,
+    score_numpy,
+    statistics_tensors,
+)
+from skinscan.runtime import FP32_FILE, INT8_FILE, Classifier, bundled_package_dir
+
+pytest.importorskip("skimage", reason="the ordinary photos of skin are crops of scikit-image's portrait (`dev` extra)")
+
+
+@pytest.fixture(scope="module")
+def bundled_copy(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("package")
+    for file in bundled_package_dir().iterdir():
+        if file.is_file():
+            shutil.copy(file, folder / file.name)
+    return folder
+
+
+def _lesions(ham10000_dir, split_csv, part: str, count: int) -> list[Image.Image]:
+    split = pd.read_csv(split_csv)
+    ids = split[split.split == part].image_id.head(count)
+    return [Image.open(ham10000_dir / "images" / f"{image_id}.jpg").convert("RGB") for image_id in ids]
+
+
+@pytest.fixture(scope="module")
+def regated(bundled_copy, ham10000_dir, split_csv):
+    """The bundled package re-gated on a small fit (HAM10000 only, 60 lesions, 40 ordinary photos)."""
+    images = _lesions(ham10000_dir, split_csv, "test", 12)
+    before = {p: Classifier.load(bundled_copy, precision=p, threads=1) for p in ("fp32", "int8")}
+    inputs = {p: np.stack([c.preprocess(image) for image in images]) for p, c in before.items()}
+    outputs_before = {p: c.run_arrays(inputs[p]) for p, c in before.items()}
+    report = regate_package(bundled_copy, FitData(ham10000_dir, split_csv, per_source=60, ordinary=40, threads=1))
+    return {"folder": bundled_copy, "inputs": inputs, "before": outputs_before, "report": report}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_regate_keeps_the_classifier_outputs_bit_identical(regated, precision):
+    after = Classifier.load(regated["folder"], precision=precision, threads=1)  # verifies the new manifest
+    outputs = after.run_arrays(regated["inputs"][precision])
+    for name in ("probabilities", "cam"):
+        assert np.array_equal(outputs[name], regated["before"][precision][name]), name
+    old, new = regated["before"][precision]["assess"], outputs["assess"]
+    assert new.shape == (len(old), len(SCORES) + 1)
+    assert np.array_equal(new[:, 1:4], old[:, 1:4])  # the quality scores are not touched either
+    assert after.assess_spec.scores == (*SCORES, DERMOSCOPY)
+    assert any(check.reason == "not_dermoscopic" for check in after.assess_spec.checks)
+
+
+def test_regate_writes_the_fitted_numbers_into_both_graphs(regated):
+    folder = regated["folder"]
+    graphs = {p: onnx.load(str(folder / f)) for p, f in (("fp32", FP32_FILE), ("int8", INT8_FILE))}
+    # The INT8 graph keeps blocks 1-5 float: the same statistics tensors, so the same parameters apply.
+    assert statistics_tensors(graphs["fp32"]).keys() == statistics_tensors(graphs["int8"]).keys()
+    fp32 = gate_scores(graphs["fp32"], regated["inputs"]["fp32"])
+    int8 = gate_scores(graphs["int8"], regated["inputs"]["int8"])
+    for block in fp32.statistics:
+        assert np.allclose(fp32.statistics[block], int8.statistics[block], rtol=1e-4, atol=1e-4)
+    assert np.allclose(fp32.column(DERMOSCOPY), int8.column(DERMOSCOPY), rtol=1e-3, atol=1e-3)
+    assert (folder / "skinscan-int8.ort").is_file()  # the ORT form was re-made (its sha256 is in the manifest)
+
+
+def test_regate_is_idempotent_in_structure(regated, ham10000_dir, split_csv):
+    """A second re-fit replaces the numbers; it does not add a second dermoscopy column."""
+    regate_package(regated["folder"], FitData(ham10000_dir, split_csv, per_source=30, ordinary=20, threads=1))
+    classifier = Classifier.load(regated["folder"], precision="fp32", threads=1)
+    assert classifier.run_arrays(regated["inputs"]["fp32"])["assess"].shape[1] == len(SCORES) + 1
+
+
+# ------------------------------------------------------------------------------------- the dermoscopy score
+def _dermoscopy_like(rng, size=(336, 252)) -> Image.Image:
+    """A brown blotch with a reticular pattern on pinkish skin, under a dark circular vignette."""
+    width, height = size
+    yy, xx = np.mgrid[0:height, 0:width]
+    radius = np.hypot(yy - height / 2, xx - width / 2)
+    skin = np.array([215, 160, 150]) + rng.normal(0, 6, 3)
+    lesion = np.array([110, 70, 50]) + rng.normal(0, 8, 3)
+    blotch = radius < rng.uniform(50, 90)
+    network = (np.sin(xx / rng.uniform(2, 4)) * np.sin(yy / rng.uniform(2, 4)) > 0.2) & blotch
+    pixels = np.where(blotch[..., None], lesion, skin) - 40 * network[..., None] + rng.normal(0, 5, (height, width, 3))
+    pixels *= (radius < rng.uniform(0.45, 0.55) * np.hypot(width, height))[..., None]
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def _photo_like(rng, size=(336, 252)) -> Image.Image:
+    """Evenly lit skin with a soft shading gradient and sensor noise: a phone photo of skin, no dermatoscope."""
+    width, height = size
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.array([200, 150, 125]) + rng.normal(0, 10, 3)
+    shading = 1 + 0.15 * (xx / width - 0.5) * rng.choice([-1, 1]) + 0.1 * (yy / height - 0.5)
+    pixels = base * shading[..., None] + rng.normal(0, 3, (height, width, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def test_dermoscopy_score_separates_dermoscopy_like_from_photo_like_images():
+    classifier = Classifier.load(bundled_package_dir(), precision="fp32", threads=1)
+    model = onnx.load(str(bundled_package_dir() / FP32_FILE))
+    rng = np.random.default_rng(0)
+    dermoscopic = np.stack([classifier.preprocess(_dermoscopy_like(rng)) for _ in range(40)])
+    ordinary = np.stack([classifier.preprocess(_photo_like(rng)) for _ in range(40)])
+    d, o = gate_scores(model, dermoscopic).statistics, gate_scores(model, ordinary).statistics
+    fit, held = slice(0, 25), slice(25, 40)
+    weight, bias = fit_dermoscopy({b: v[fit] for b, v in d.items()}, {b: v[fit] for b, v in o.items()})
+
+    def score(statistics):
+        return sum(statistics[b][held] @ w for b, w in weight.items()) + bias
+    assert score(d).min() > score(o).max()  # held-out images: complete separation, dermoscopy scores higher
+
+
+def test_score_numpy_is_the_distance_definition():
+    rng = np.random.default_rng(0)
+    from skinscan.regate import GateParameters, fit_gaussian
+
+    x = {4: rng.normal(size=(500, 6)), 5: rng.normal(size=(500, 6)) * 3}
+    parameters = GateParameters({}, {})
+    for block, values in x.items():
+        parameters.mean[block], parameters.whiten[block] = fit_gaussian(values)
+    distance, _ = score_numpy(parameters, x)
+    # Each block's distance is scaled to median 1, so the sum of the two has a median near 2.
+    assert 1.7 < np.median(distance) < 2.3
+
+
+def test_device_views_keep_shape_and_change_pixels():
+    images = np.random.default_rng(0).integers(0, 255, (4, 60, 80, 3), dtype=np.uint8)
+    views = device_views(images)
+    assert views.shape == images.shape and views.dtype == np.uint8 and not np.array_equal(views, images)
+
+
+# --------------------------------------------------------------------- what the fit may read (and not)
+def _extra_folder(tmp_path, external_dx: str):
+    rows = [{"lesion_id": f"L{i // 2}", "image_id": f"ISIC_{i:07d}", "dx": "nv", "collection": "bcn20000",
+             "width": 84, "height": 84} for i in range(40)]
+    rows += [{"lesion_id": f"E{i}", "image_id": f"ISIC_9{i:06d}", "dx": external_dx, "collection": "msk",
+              "width": 256, "height": 256} for i in range(10)]
+    (tmp_path / "images").mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(tmp_path / "metadata.csv", index=False)
+    return tmp_path
+
+
+def test_the_external_collection_never_reaches_the_fit(tmp_path):
+    first = extra_rows(_extra_folder(tmp_path / "a", "nv"))
+    second = extra_rows(_extra_folder(tmp_path / "b", "mel"))
+    assert (first.width != 256).all() and len(first) == 40
+    pd.testing.assert_frame_equal(first.reset_index(drop=True), second.reset_index(drop=True))
+    # Lesion-grouped: no lesion has images in both parts.
+    assert not set(first[first.part == "fit"].lesion_id) & set(first[first.part == "val"].lesion_id)
+
+
+def test_thresholds_ignore_the_external_images(bundled_copy, ham10000_dir, split_csv, tmp_path, monkeypatch):
+    """A spy on decoding: the fit decodes no image of the external collection (their files need not exist)."""
+    import skinscan.regate as regate
+
+    folder = _extra_folder(tmp_path, "nv")
+    decoded = []
+    real = regate._decode
+
+    def spy(image_dir, image_ids, *args, **kwargs):
+        decoded.extend(image_ids)
+        if image_dir == folder / "images":  # the 84-px rows: stand-ins, the files are not there
+            return np.zeros((len(image_ids), 252, 336, 3), np.uint8) + 128
+        return real(image_dir, image_ids, *args, **kwargs)
+    monkeypatch.setattr(regate, "_decode", spy)
+    regate.fit_sets(FitData(ham10000_dir, split_csv, folder, per_source=10, ordinary=5, threads=1),
+                    Classifier.load(bundled_copy, precision="fp32").config)
+    assert decoded and not any(image_id.startswith("ISIC_9") for image_id in decoded)
+
+
+# ---------------------------------------------------------------------------------------- bad input
+def test_cli_refuses_a_missing_package(tmp_path, ham10000_dir, split_csv, capsys):
+    assert main(["regate", "--model", str(tmp_path), "--data", str(ham10000_dir), "--split", str(split_csv)]) == 2
+    assert "skinscan.onnx" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_tampered_package(bundled_copy, tmp_path, ham10000_dir, split_csv, capsys):
+    folder = tmp_path / "tampered"
+    shutil.copytree(bundled_copy, folder)
+    data = bytearray((folder / FP32_FILE).read_bytes())
+    data[-10] ^= 0xFF
+    (folder / FP32_FILE).write_bytes(bytes(data))
+    assert main(["regate", "--model", str(folder), "--data", str(ham10000_dir), "--split", str(split_csv)]) == 2
+    assert "does not match its manifest" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["--data", "--extra"])
+def test_cli_refuses_a_missing_data_folder(tmp_path, split_csv, option, capsys):
+    args = ["regate", "--model", str(bundled_package_dir()), "--split", str(split_csv), option, str(tmp_path / "nope")]
+    assert main(args) == 2
+    assert f"{option} {tmp_path / 'nope'} is not a folder" in capsys.readouterr().err
+
+
+def test_judge_knows_the_new_reason():
+    spec = AssessSpec.from_metadata({"scores": [*SCORES, DERMOSCOPY], "checks": [
+        {"score": DERMOSCOPY, "below": 0.0, "reason": "not_dermoscopic"}]})
+    verdict = spec.judge([1.0, 10.0, 150.0, 30.0, -2.0])
+    assert verdict.reason == "not_dermoscopic" and "dermatoscope" in verdict.message
