@@ -120,7 +120,7 @@ class AssessSpec:
 
 def choose_thresholds(val_scores: np.ndarray, budget: float = REJECTION_BUDGET, tail: float = QUALITY_TAIL,
                       scores: tuple[str, ...] | list[str] = SCORES, sharp: np.ndarray | None = None,
-                      dermoscopy_tail: float = DERMOSCOPY_TAIL) -> dict:
+                      groups: np.ndarray | None = None, dermoscopy_tail: float = DERMOSCOPY_TAIL) -> dict:
     """The `skinscan.assess` metadata from validation lesions' scores [N, len(scores)].
 
     Each quality check turns away its `tail` of the validation lesions (the darkest 0.25%, i.e. 3 of 1,278;
@@ -128,43 +128,59 @@ def choose_thresholds(val_scores: np.ndarray, budget: float = REJECTION_BUDGET, 
     the distance threshold then takes whatever is left of the rejection `budget`: the lowest threshold with
     which the whole gate turns away at most `budget` of them.
 
+    groups: the source of each row (e.g. HAM10000, BCN20000). Every line is then drawn so that it holds for
+    each source alone: a quality line at the loosest of the sources' tails, the distance at the lowest
+    threshold that keeps every source within the budget. A gate for dermoscopy from any device must not
+    be set by the source with the most images.
     sharp: which rows the blur check is fitted on and applies to (default: all). Lesions from a low-resolution
     source (the extra folder's 84-px images, scaled up to the input size) are blurry by construction and
-    refused as "too small" before the graph runs; they still teach the brightness and distance lines what
-    other devices' exposure and features look like.
+    refused as "too small" before the graph runs; they still teach the other lines what other devices'
+    exposure and features look like.
     """
     scores = tuple(scores)
     column = {name: val_scores[:, i].astype(np.float64) for i, name in enumerate(scores)}
-    sharp = np.ones(len(val_scores), dtype=bool) if sharp is None else np.asarray(sharp, dtype=bool)
+    count = len(val_scores)
+    sharp = np.ones(count, dtype=bool) if sharp is None else np.asarray(sharp, dtype=bool)
+    groups = np.zeros(count, dtype=int) if groups is None else np.asarray(groups)
+    members = [groups == group for group in np.unique(groups)]
 
-    def lowest(values, share=tail):  # a line below which exactly floor(share * n) images fall (fewer with ties)
-        return float(np.sort(values)[int(np.floor(share * len(values)))])
+    def tail_value(values, share, low):  # per group: a line past which floor(share * n) images fall
+        ordered = np.sort(values) if low else np.sort(values)[::-1]
+        return float(ordered[int(np.floor(share * len(values)))])
 
-    def highest(values):
-        return float(np.sort(values)[::-1][int(np.floor(tail * len(values)))])
+    def lowest(name, share=tail, rows=None):
+        rows = np.ones(count, dtype=bool) if rows is None else rows
+        return min(tail_value(column[name][m & rows], share, True) for m in members if (m & rows).any())
+
+    def highest(name):
+        return max(tail_value(column[name][m], tail, False) for m in members)
 
     checks = [
-        {"score": "brightness", "below": lowest(column["brightness"]), "reason": "too_dark"},
-        {"score": "brightness", "above": highest(column["brightness"]), "reason": "too_bright"},
-        {"score": "sharpness", "below": lowest(column["sharpness"][sharp]), "reason": "too_blurry"},
-        {"score": "colourfulness", "below": lowest(column["colourfulness"]), "reason": "not_a_lesion"},
+        {"score": "brightness", "below": lowest("brightness"), "reason": "too_dark"},
+        {"score": "brightness", "above": highest("brightness"), "reason": "too_bright"},
+        {"score": "sharpness", "below": lowest("sharpness", rows=sharp), "reason": "too_blurry"},
+        {"score": "colourfulness", "below": lowest("colourfulness"), "reason": "not_a_lesion"},
     ]
     if DERMOSCOPY in column:
-        checks.append({"score": DERMOSCOPY, "below": lowest(column[DERMOSCOPY], dermoscopy_tail),
+        checks.append({"score": DERMOSCOPY, "below": lowest(DERMOSCOPY, dermoscopy_tail),
                        "reason": "not_dermoscopic"})
-    quality_rejected = np.zeros(len(val_scores), dtype=bool)
+    quality_rejected = np.zeros(count, dtype=bool)
     for check in checks:
         value = column[check["score"]]
         failed = (value < check["below"]) if "below" in check else (value > check["above"])
         quality_rejected |= failed & (sharp if check["score"] == "sharpness" else True)
     distance = column["lesion_distance"]
-    allowed = int(np.floor(budget * len(distance))) - int(quality_rejected.sum())
-    # Reject the `allowed` largest distances among the images the quality checks kept.
-    kept = np.sort(distance[~quality_rejected])[::-1]
-    threshold = float(kept[max(allowed, 0)]) if len(kept) > max(allowed, 0) else float(kept.min())
+    threshold = -np.inf
+    for m in members:  # each source: reject its `allowed` largest distances among the images the checks kept
+        allowed = int(np.floor(budget * m.sum())) - int(quality_rejected[m].sum())
+        kept = np.sort(distance[m & ~quality_rejected])[::-1]
+        if len(kept):
+            own = float(kept[max(allowed, 0)]) if len(kept) > max(allowed, 0) else float(kept.min())
+            threshold = max(threshold, own)
     checks.append({"score": "lesion_distance", "above": threshold, "reason": "not_a_lesion"})
     rejected = quality_rejected | (distance > threshold)
     dermoscopy_rule = f", the dermoscopy score at its {dermoscopy_tail:.2%} tail" if DERMOSCOPY in column else ""
+    per_source = " of every source" if len(members) > 1 else ""
     return {
         "scores": list(scores),
         "min_side": MIN_SIDE,
@@ -172,6 +188,7 @@ def choose_thresholds(val_scores: np.ndarray, budget: float = REJECTION_BUDGET, 
         "messages": dict(MESSAGES),
         "val_rejected": float(rejected.mean()),
         "budget": budget,
-        "rule": f"thresholds chosen on validation lesions: each quality check at its {tail:.2%} tail{dermoscopy_rule}, "
-                f"the lesion distance so that all checks together reject <= {budget:.1%} of them",
+        "rule": f"thresholds chosen on validation lesions{per_source}: each quality check at its {tail:.2%} tail"
+                f"{dermoscopy_rule}, the lesion distance so that all checks together reject <= {budget:.1%} of "
+                f"them",
     }

@@ -313,7 +313,7 @@ def cmd_gate(args) -> int:
 
     try:
         report = gate_report(args.model, args.data, args.split, part=args.part, max_images=args.max_images,
-                             external=args.external)
+                             external=args.external, degraded=args.degraded)
     except (ModelPackageError, ValueError) as error:  # ValueError: a package without the gate
         raise UsageError(str(error)) from None
     print(format_gate_report(report))
@@ -561,6 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
     ga.add_argument("--max-images", type=int, default=0, help="only the first N lesions of the part (tests)")
     ga.add_argument("--external", type=Path, default=None,
                     help="the ISIC 2019 extra folder: also measure its external collection (the 256-px images)")
+    ga.add_argument("--degraded", type=int, default=0, metavar="N",
+                    help="degrade only N lesions of each set, spread evenly (default: all)")
     ga.set_defaults(func=cmd_gate)
 
     rg = verbs.add_parser("regate", help="re-fit a package's 'cannot assess' gate on all training sources "

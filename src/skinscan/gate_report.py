@@ -81,8 +81,15 @@ class GateInputs:
     external_degraded: dict[str, list[Image.Image]] | None = None
 
 
+def _spread(images: list, count: int) -> list:
+    """`count` images spread evenly over the list (all when count is 0 or covers it): a cheaper measurement."""
+    if not count or count >= len(images):
+        return images
+    return [images[i] for i in np.linspace(0, len(images) - 1, count).round().astype(int)]
+
+
 def load_gate_inputs(data_dir: str | Path, split_csv: str | Path, part: str = "test",
-                     max_images: int = 0, external: str | Path | None = None) -> GateInputs:
+                     max_images: int = 0, external: str | Path | None = None, degraded: int = 0) -> GateInputs:
     """Decode the lesions of `part` (the first `max_images` if set), build the non-lesion corpus, the ordinary
     photos of skin and the degradations; with `external` (the ISIC 2019 extra folder) its external collection."""
     from skinscan.nonlesion import ORDINARY_SKIN_HELD_OUT, non_lesion_corpus, ordinary_skin_photos
@@ -93,10 +100,10 @@ def load_gate_inputs(data_dir: str | Path, split_csv: str | Path, part: str = "t
         rows = rows.head(max_images)
     lesions = [load_image(path) for path in tqdm(image_paths(data_dir, rows.image_id.tolist()), desc=f"decode {part}",
                                                  unit="img", leave=False)]
-    degraded = {name: [degrade(image) for image in lesions]
-                for name, degrade in tqdm(DEGRADATIONS.items(), desc="degradations", leave=False)}
+    degraded_lesions = {name: [degrade(image) for image in _spread(lesions, degraded)]
+                        for name, degrade in tqdm(DEGRADATIONS.items(), desc="degradations", leave=False)}
     ordinary = ordinary_skin_photos(ORDINARY_SKIN_HELD_OUT, ORDINARY_SKIN_PHOTOS, seed=1)
-    inputs = GateInputs(part, rows, lesions, non_lesion_corpus(), degraded, ordinary)
+    inputs = GateInputs(part, rows, lesions, non_lesion_corpus(), degraded_lesions, ordinary)
     if external is not None:
         from skinscan.regate import external_rows
 
@@ -105,7 +112,8 @@ def load_gate_inputs(data_dir: str | Path, split_csv: str | Path, part: str = "t
             inputs.external = inputs.external.head(max_images)
         paths = image_paths(Path(external) / "images", inputs.external.image_id.tolist())
         inputs.external_images = [load_image(path) for path in tqdm(paths, desc="decode external", leave=False)]
-        inputs.external_degraded = {name: [DEGRADATIONS[name](image) for image in inputs.external_images]
+        inputs.external_degraded = {name: [DEGRADATIONS[name](image)
+                                           for image in _spread(inputs.external_images, degraded)]
                                     for name in EXTERNAL_DEGRADATIONS}
     return inputs
 
@@ -173,8 +181,13 @@ def _median_scores(predictions) -> dict[str, float]:
 
 
 def gate_report(package_dir: str | Path, data_dir: str | Path, split_csv: str | Path, part: str = "test",
-                max_images: int = 0, threads: int | None = None, external: str | Path | None = None) -> dict:
-    """Measure every precision in the package; write `gate.json` beside the models and return it."""
+                max_images: int = 0, threads: int | None = None, external: str | Path | None = None,
+                degraded: int = 0) -> dict:
+    """Measure every precision in the package; write `gate.json` beside the models and return it.
+
+    external: the ISIC 2019 extra folder (its external collection is measured too); degraded: degrade only
+    this many lesions of each set, spread evenly (0: all), to keep a CPU run short.
+    """
     from skinscan.runtime import FP32_FILE, INT8_FILE
 
     package_dir = Path(package_dir)
@@ -185,7 +198,7 @@ def gate_report(package_dir: str | Path, data_dir: str | Path, split_csv: str | 
             raise ValueError(f"{classifier.path} has no 'cannot assess' gate (no `assess` output); re-export it")
     if external is not None and not (Path(external) / "metadata.csv").is_file():
         raise ValueError(f"{external} has no metadata.csv: --external must be the ISIC 2019 extra folder")
-    inputs = load_gate_inputs(data_dir, split_csv, part, max_images, external)
+    inputs = load_gate_inputs(data_dir, split_csv, part, max_images, external, degraded)
     report = {precision: measure_gate(classifier, inputs) for precision, classifier in classifiers.items()}
     (package_dir / "gate.json").write_text(json.dumps(report, indent=2))
     return report

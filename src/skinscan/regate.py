@@ -206,7 +206,9 @@ def fit_parameters(lesions: dict[int, np.ndarray], ordinary: dict[int, np.ndarra
 def score_numpy(parameters: GateParameters, statistics: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(lesion distance, dermoscopy score) as the graph computes them; for choosing designs without a graph."""
     distance = sum((((statistics[b] - parameters.mean[b]) @ parameters.whiten[b]) ** 2).sum(1) for b in parameters.mean)
-    dermoscopy = sum(statistics[b] @ w for b, w in parameters.dermoscopy_weight.items()) + parameters.dermoscopy_bias
+    dermoscopy = np.zeros(len(distance)) + parameters.dermoscopy_bias
+    for block, weight in parameters.dermoscopy_weight.items():
+        dermoscopy = dermoscopy + statistics[block] @ weight
     return distance, dermoscopy
 
 
@@ -400,19 +402,20 @@ def compute_fit_scores(model: onnx.ModelProto, data: FitData) -> FitScores:
     return FitScores({name: gate_scores(model, array, threads=data.threads) for name, array in images.items()})
 
 
-def fit_and_thresholds(fit: FitScores, score_names: list[str]) -> tuple[GateParameters, np.ndarray, np.ndarray]:
-    """Fit the parameters on `lesions` / `ordinary`; the validation lesions' new `assess` rows and sharp-mask."""
-    from skinscan.assess import SCORES
+def fit_gate_and_thresholds(fit: FitScores) -> tuple[GateParameters, dict]:
+    """Fit the parameters on `lesions` / `ordinary`, then choose the thresholds on the validation lesions' new
+    scores (`choose_thresholds`, per source: HAM10000's val part and the extra folder's, whose 84-px images
+    the blur line neither learns from nor applies to)."""
+    from skinscan.assess import SCORES, choose_thresholds
 
     parameters = fit_parameters(fit.sets["lesions"].statistics, fit.sets["ordinary"].statistics)
     val_sets = [name for name in ("val", "val_low_resolution") if name in fit.sets]
     val = concatenate([fit.sets[name] for name in val_sets])
-    sharp = np.concatenate([np.full(len(fit.sets[name].assess), name == "val") for name in val_sets])
+    source = np.concatenate([np.full(len(fit.sets[name].assess), i) for i, name in enumerate(val_sets)])
     distance, dermoscopy = score_numpy(parameters, val.statistics)
-    quality = np.column_stack([val.column(name) for name in SCORES[1:]])
-    rows = np.column_stack([distance, quality, dermoscopy])
-    assert score_names == [*SCORES, DERMOSCOPY], score_names
-    return parameters, rows, sharp
+    rows = np.column_stack([distance, *[val.column(name) for name in SCORES[1:]], dermoscopy])
+    spec = choose_thresholds(rows, scores=[*SCORES, DERMOSCOPY], sharp=source == 0, groups=source)
+    return parameters, spec
 
 
 def regate_package(package_dir: str | Path, data: FitData, cache: Path | None = None) -> dict:
@@ -421,7 +424,6 @@ def regate_package(package_dir: str | Path, data: FitData, cache: Path | None = 
     cache: a `.npz` of the fitting sets' scores (`FitScores`): written on the first run, read on later ones
     (the scores depend only on the graph's early blocks, which the re-fit does not change).
     """
-    from skinscan.assess import choose_thresholds
     from skinscan.manifest import verify_file, write_manifest
     from skinscan.ort_mobile import convert_to_ort
     from skinscan.runtime import FP32_FILE, INT8_FILE
@@ -446,14 +448,12 @@ def regate_package(package_dir: str | Path, data: FitData, cache: Path | None = 
             Path(cache).parent.mkdir(parents=True, exist_ok=True)
             fit.save(Path(cache))
     report = {"fit": {name: int(len(scores.assess)) for name, scores in fit.sets.items()}}
-    from skinscan.assess import SCORES
-
-    parameters, val_rows, sharp = fit_and_thresholds(fit, [*SCORES, DERMOSCOPY])
+    parameters, fitted_spec = fit_gate_and_thresholds(fit)
     config = PreprocessConfig.from_json(read_metadata(models["fp32"])["skinscan.preprocess"])
     probe = _probe_images(data, config)
     for precision, model in models.items():
         write_parameters(model, parameters)
-        spec = choose_thresholds(val_rows, scores=[*SCORES, DERMOSCOPY], sharp=sharp)
+        spec = dict(fitted_spec)
         spec["fit"] = (f"re-fitted by `skinscan regate` on {report['fit']['lesions']} lesion views (HAM10000 train"
                        f"{' + ISIC 2019 extra, not the external collection' if data.extra_dir else ''}, each plain "
                        f"and as another device's view) and {report['fit']['ordinary']} ordinary photos of skin")
