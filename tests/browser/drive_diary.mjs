@@ -191,6 +191,7 @@ async function diaryScenario(browser) {
     await appReady(page, server.url);
     out.noDiaryRaw = await rawDatabase(page);
     out.nothingToSave = await settle(page, () => page.click('#diary-save'));
+    await page.click('#diary .diary-close');
 
     // Set up: refused passphrases first, then the real one.
     out.setup = await settle(page, () => page.click('#diary-open'));
@@ -219,6 +220,7 @@ async function diaryScenario(browser) {
     out.raw = await rawDatabase(page);
 
     // Locked: a wrong passphrase is refused and changes nothing.
+    await clickText(page, 'All lesions');
     out.locked = await clickText(page, 'Lock');
     await page.fill('#diary-pass', 'not the passphrase');
     out.wrongPassphrase = await settle(page, () => page.click('#diary-unlock button[type=submit]'));
@@ -265,6 +267,7 @@ async function diaryScenario(browser) {
     out.historyAfterImport = await historyShown(page);
     out.rawAfterImport = await rawDatabase(page);
     // The same backup again, into the diary it came from: nothing doubles.
+    await clickText(page, 'All lesions');
     out.importedAgain = await settle(page, () => page.setInputFiles('#diary-import-file', out.backup))
       .then(() => submit(page, { '#diary-import-pass': config.passphrase }, 'diary-import'));
     out.rawAfterImportAgain = await rawDatabase(page);
@@ -302,6 +305,7 @@ async function offlineScenario(browser) {
     out.saved = [];
     for (const entry of config.lesions) out.saved.push(await saveEntry(page, entry, false));
     out.history = await historyShown(page);
+    await clickText(page, 'All lesions');
     out.locked = await clickText(page, 'Lock');
     out.unlocked = await submit(page, { '#diary-pass': config.passphrase }, 'diary-unlock');
     out.list = await lesionList(page);

@@ -106,7 +106,8 @@ export function attachDiary({ screened }) {
   window.skinscanDiary = state; // for the browser tests
   let diary = null; // an unlocked Diary, or null
   let pending = null; // {photo: Blob, result} waiting to be saved
-  let urls = []; // object URLs of decrypted photos on screen: revoked whenever the screen changes
+  let urls = []; // object URLs of the decrypted photos on screen: revoked when the screen changes
+  let nextUrls = []; // those made for the screen being built
 
   const title = h('h2', { id: 'diary-title', tabIndex: -1 }, 'Lesion diary');
   const closeButton = h('button', { type: 'button', className: 'diary-close', onclick: close }, 'Close');
@@ -117,7 +118,7 @@ export function attachDiary({ screened }) {
 
   function photoUrl(blob) {
     const url = URL.createObjectURL(blob);
-    urls.push(url);
+    nextUrls.push(url);
     return url;
   }
 
@@ -131,7 +132,7 @@ export function attachDiary({ screened }) {
 
   function show(screen, heading, ...children) {
     for (const url of urls) URL.revokeObjectURL(url);
-    urls = [];
+    [urls, nextUrls] = [nextUrls, []];
     state.screen = screen;
     title.textContent = heading;
     body.replaceChildren(...children.flat().filter(Boolean));
@@ -237,7 +238,7 @@ export function attachDiary({ screened }) {
     const site = h('input', { id: 'diary-site', type: 'text', list: 'diary-sites', autocomplete: 'off',
       placeholder: 'e.g. Back', maxLength: 80 });
     const date = h('input', { id: 'diary-date', type: 'date', value: today(), required: true, max: today() });
-    name.addEventListener('change', () => { // a known lesion: suggest where it is
+    name.addEventListener('input', () => { // a known lesion: suggest where it is
       const known = lesions.find((l) => l.lesion.toLocaleLowerCase() === name.value.trim().toLocaleLowerCase());
       if (known && !site.value) site.value = known.site;
     });
@@ -343,8 +344,8 @@ export function attachDiary({ screened }) {
   }
 
   function close() {
-    for (const url of urls) URL.revokeObjectURL(url);
-    urls = [];
+    for (const url of [...urls, ...nextUrls]) URL.revokeObjectURL(url);
+    [urls, nextUrls] = [[], []];
     body.replaceChildren(); // no decrypted photo or name stays in the page
     panel.hidden = true;
     state.screen = 'closed';
