@@ -214,6 +214,12 @@ async function diaryScenario(browser) {
     await settle(page, () => page.click('#diary-open'));
     out.list = await lesionList(page);
     await screenshot(page, 'list');
+    out.histories = {};
+    for (const { lesion } of out.list) {
+      await settle(page, () => page.click(`#diary .diary-lesion[data-lesion="${lesion}"]`));
+      out.histories[lesion] = await historyShown(page);
+      await clickText(page, 'All lesions');
+    }
     await settle(page, () => page.click(`#diary .diary-lesion[data-lesion="${first}"]`));
     out.history = await historyShown(page);
     await screenshot(page, 'history');
