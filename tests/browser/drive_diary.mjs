@@ -211,6 +211,7 @@ async function diaryScenario(browser) {
     out.history = await historyShown(page);
     if (out.saved[0].saved.screen !== 'history') throw new Error('saving did not show the history');
     const first = config.lesions[0].lesion;
+    if (await page.locator('#diary').isVisible()) await page.click('#diary .diary-close');
     await settle(page, () => page.click('#diary-open'));
     out.list = await lesionList(page);
     await screenshot(page, 'list');

@@ -69,7 +69,7 @@ function answer(result) {
   return h('div', { className: `diary-answer${result.malignant ? ' flagged' : ''}` },
     h('p', { className: 'diary-verdict' }, verdict),
     h('ol', { className: 'diary-top' }, result.top.map((entry) => h('li', {},
-      h('span', { className: 'name' }, entry.name), h('span', { className: 'value' }, percent(entry.probability))))));
+      h('span', { className: 'name' }, entry.name), ' ', h('span', { className: 'value' }, percent(entry.probability))))));
 }
 
 /** The screened picture (a paused video or a photo), downscaled to at most 512 px, as a JPEG Blob. */
