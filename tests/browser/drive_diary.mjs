@@ -6,7 +6,7 @@
 //
 // CONFIG: {scenario: "diary" | "offline", chromium, server: [argv...], passphrase, lesions: [{photo, lesion,
 //          site, date}...] (saved in that order), frozen?: {lesion, site, date} (a frozen camera frame),
-//          out: folder for the backup file, screenshots?: folder (docs/app-diary-*.png), timeoutMs?}
+//          out: folder for the backup file, screenshots?: folder (docs/app-diary-*.png), viewport?, timeoutMs?}
 //
 // The raw IndexedDB dumps ("raw*") hold every key and value of the diary's database as stored, byte arrays as
 // base64, so that the test can look for anything readable in them.
@@ -21,7 +21,8 @@ const { chromium } = await import('playwright-core');
 const config = JSON.parse(readFileSync(process.argv[2], 'utf8'));
 const TIMEOUT = config.timeoutMs ?? 60_000;
 const step = (message) => process.stderr.write(`[drive_diary] ${message}\n`);
-const PHONE = { viewport: { width: 390, height: 844 }, deviceScaleFactor: 1, isMobile: true, hasTouch: true };
+const PHONE = { viewport: config.viewport ?? { width: 390, height: 844 }, deviceScaleFactor: 1, isMobile: true,
+  hasTouch: true };
 
 function startServer(argv) {
   return new Promise((resolve, reject) => {
@@ -190,6 +191,7 @@ async function diaryScenario(browser) {
     const { page } = await newPage(browser);
     await appReady(page, server.url);
     out.noDiaryRaw = await rawDatabase(page);
+    if (config.screenshots) await page.screenshot({ path: join(config.screenshots, 'app-diary-buttons.png') });
     out.nothingToSave = await settle(page, () => page.click('#diary-save'));
     await page.click('#diary .diary-close');
 
