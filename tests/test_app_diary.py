@@ -211,6 +211,9 @@ def test_bad_backups_and_wrong_passphrases_import_nothing(diary_run):
     assert "damaged" in diary_run["damagedImport"]["error"]
     assert diary_run["wrongImport"]["error"].startswith("Wrong passphrase")
     assert diary_run["rawAfterRefusedImports"] == {"names": [], "stores": None}  # not even an empty database
+    # A backup of another diary, whose passphrase does not open the diary already on this device.
+    assert "already has a diary with another passphrase" in diary_run["otherPassphraseImport"]["error"]
+    assert diary_run["otherPassphraseUnchanged"] is True
 
 
 def test_delete_everything_leaves_nothing(diary_run):

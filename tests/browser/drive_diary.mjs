@@ -14,6 +14,7 @@
 import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 process.env.PW_EXPERIMENTAL_SERVICE_WORKER_NETWORK_EVENTS = '1'; // report service-worker requests too
 const { chromium } = await import('playwright-core');
@@ -183,6 +184,18 @@ async function saveEntry(page, entry, shot) {
   return { screened, saved };
 }
 
+/** The text of a valid one-entry backup of a diary whose passphrase is `passphrase`. */
+async function otherDiaryBackup(passphrase) {
+  const diary = await import(fileURLToPath(new URL('../../src/skinscan/app/diary.js', import.meta.url)));
+  const { header, key } = await diary.newHeader(passphrase);
+  const id = diary.randomId();
+  const entry = await diary.sealJson(key, { lesion: 'Other', site: '', date: '2025-01-01', savedAt: '', photo: '',
+    result: { cannotAssess: true, message: 'x' } }, id);
+  const pack = ({ iv, data }) => ({ iv: diary.toBase64(iv), data: diary.toBase64(data) });
+  return JSON.stringify({ format: diary.BACKUP_FORMAT, version: diary.BACKUP_VERSION, salt: diary.toBase64(header.salt),
+    iterations: header.iterations, check: pack(header.check), entries: [{ id, ...pack(entry) }] });
+}
+
 // ------------------------------------------------------------------------------------------ scenarios
 async function diaryScenario(browser) {
   const server = await startServer(config.server);
@@ -285,6 +298,15 @@ async function diaryScenario(browser) {
     // Reloaded page: the diary is still there and still locked.
     await appReady(page, server.url);
     out.afterReload = await settle(page, () => page.click('#diary-open'));
+    // A backup of another diary, with another passphrase (made here in Node with diary.js), is not mixed in.
+    const foreign = join(config.out, 'other-diary-backup.json');
+    writeFileSync(foreign, await otherDiaryBackup('another passphrase entirely'));
+    const rawBefore = await rawDatabase(page);
+    await settle(page, () => page.setInputFiles('#diary-import-file', foreign));
+    out.otherPassphraseImport = await submit(page, { '#diary-import-pass': 'another passphrase entirely' },
+      'diary-import');
+    out.otherPassphraseUnchanged = JSON.stringify(await rawDatabase(page)) === JSON.stringify(rawBefore);
+    await clickText(page, 'Cancel');
     await clickText(page, 'Delete everything');
     await clickText(page, 'Yes, delete everything');
     out.rawAtEnd = await rawDatabase(page);
