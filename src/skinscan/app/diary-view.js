@@ -102,6 +102,7 @@ export function attachDiary({ screened }) {
   const panel = document.getElementById('diary');
   const saveButton = document.getElementById('diary-save');
   const openButton = document.getElementById('diary-open');
+  const page = document.querySelector('main');
   const state = { screen: 'closed', message: '', error: null, busy: false, settled: 0 }; // settled: actions done
   window.skinscanDiary = state; // for the browser tests
   let diary = null; // an unlocked Diary, or null
@@ -137,6 +138,7 @@ export function attachDiary({ screened }) {
     title.textContent = heading;
     body.replaceChildren(...children.flat().filter(Boolean));
     panel.hidden = false;
+    page.inert = true; // the camera page behind the panel takes no focus or clicks meanwhile
     panel.dataset.screen = screen;
     panel.scrollTop = 0;
     title.focus();
@@ -348,6 +350,7 @@ export function attachDiary({ screened }) {
     [urls, nextUrls] = [[], []];
     body.replaceChildren(); // no decrypted photo or name stays in the page
     panel.hidden = true;
+    page.inert = false;
     state.screen = 'closed';
     openButton.focus();
   }
