@@ -12,9 +12,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from skinscan.assess import DERMOSCOPY, SCORES, AssessSpec
 from skinscan.cli import main
-from skinscan.regate import (
+from skinscan.factory.regate import (
     FitData,
     device_views,
     extra_rows,
@@ -24,7 +23,8 @@ from skinscan.regate import (
     score_numpy,
     statistics_tensors,
 )
-from skinscan.runtime import FP32_FILE, INT8_FILE, Classifier, bundled_package_dir
+from skinscan.runtime.assess import DERMOSCOPY, SCORES, AssessSpec
+from skinscan.runtime.classifier import FP32_FILE, INT8_FILE, Classifier, bundled_package_dir
 
 pytest.importorskip("skimage", reason="the ordinary photos of skin are crops of scikit-image's portrait (`dev` extra)")
 
@@ -132,7 +132,7 @@ def test_dermoscopy_score_separates_dermoscopy_like_from_photo_like_images():
 
 def test_score_numpy_is_the_distance_definition():
     rng = np.random.default_rng(0)
-    from skinscan.regate import GateParameters, fit_gaussian
+    from skinscan.factory.regate import GateParameters, fit_gaussian
 
     x = {4: rng.normal(size=(500, 6)), 5: rng.normal(size=(500, 6)) * 3}
     parameters = GateParameters({}, {})
@@ -171,7 +171,7 @@ def test_the_external_collection_never_reaches_the_fit(tmp_path):
 
 def test_thresholds_ignore_the_external_images(bundled_copy, ham10000_dir, split_csv, tmp_path, monkeypatch):
     """A spy on decoding: the fit decodes no image of the external collection (their files need not exist)."""
-    import skinscan.regate as regate
+    import skinscan.factory.regate as regate
 
     folder = _extra_folder(tmp_path, "nv")
     decoded = []

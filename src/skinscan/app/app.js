@@ -8,11 +8,12 @@
 // URL parameters (for measuring): ?precision=fp32|int8  ?threads=N  ?maxfps=N (0 = as fast as possible)
 
 import { centerCropBox } from './resize.js';
+import { attachDiary } from './diary-view.js';
 
 const params = new URLSearchParams(location.search);
 const MAX_FPS = params.has('maxfps') ? Number(params.get('maxfps')) : 15;
 const SAMPLES = 120; // timings kept for the medians
-const MAX_PIXELS = 100_000_000; // as skinscan/preprocess.py
+const MAX_PIXELS = 100_000_000; // as skinscan/runtime/preprocess.py
 const MIN_SIDE = 16;
 
 const $ = (id) => document.getElementById(id);
@@ -80,7 +81,7 @@ async function loadModel() {
 
 // ----------------------------------------------------------------------------------------- results
 /**
- * The package's "cannot assess" rule (metadata `skinscan.assess`), walked exactly as skinscan/assess.py walks
+ * The package's "cannot assess" rule (metadata `skinscan.assess`), walked exactly as skinscan/runtime/assess.py walks
  * it: too small first, then each check in order; the first that fails is the answer. null: no gate.
  */
 function judge(spec, scores, width, height) {
@@ -258,7 +259,7 @@ function grabVideo(video) {
 }
 
 /**
- * Refuse, before decoding a pixel, what Pillow refuses in skinscan/preprocess.py: a size outside the limits
+ * Refuse, before decoding a pixel, what Pillow refuses in skinscan/runtime/preprocess.py: a size outside the limits
  * (read from the header by a detached <img>, which does not decode the pixels: a decompression bomb stays a
  * few kB) and a JPEG cut short (no end-of-image marker: browsers would paint the missing part grey and the
  * model would screen half a photo).
@@ -464,7 +465,16 @@ async function keepModelOffline(file) {
   registration.active.postMessage({ type: 'cache', urls: [`model/${file}`] });
 }
 
+/** The lesion diary (diary-view.js) saves what is screened on screen: the frozen frame or the picked photo. */
+function screenedNow() {
+  const result = state.lastResult;
+  const current = (state.mode === 'frozen' && result?.source === 'frozen')
+    || (state.mode === 'photo' && result && result === state.photoResults.at(-1));
+  return current ? { result, model: state.model, image: state.mode === 'photo' ? view.photo : view.video } : null;
+}
+
 async function main() {
+  attachDiary({ screened: screenedNow });
   view.freeze.addEventListener('click', () => freeze().catch(fail));
   view.back.addEventListener('click', () => setMode('camera'));
   view.explain.addEventListener('click', toggleCam);

@@ -5,8 +5,8 @@ check, the graph's `assess` scores, the package's thresholds):
 - the lesions of a split part (test by default): the share turned away must stay small (goal <= 2%);
 - with `external`, the external collection (the ISIC 2017-era 256-px images of the ISIC 2019 extra folder,
   which no fit reads): dermoscopy from other devices and clinics (goal <= 5% turned away);
-- the non-lesion corpus (`skinscan.nonlesion`): real images nobody here made (goal >= 95% turned away);
-- ordinary photos of skin from the held-out portrait (`skinscan.nonlesion.ordinary_skin_photos`): how many
+- the non-lesion corpus (`skinscan.factory.nonlesion`): real images nobody here made (goal >= 95% turned away);
+- ordinary photos of skin from the held-out portrait (`skinscan.factory.nonlesion.ordinary_skin_photos`): how many
   are answered `not_dermoscopic`, and how many are refused at all;
 - synthetic degradations of the same lesions (blur, dark, overexposed, tiny, and "84 px and back": another
   device's low resolution, which should pass): what a phone gets wrong.
@@ -27,9 +27,9 @@ import pandas as pd
 from PIL import Image, ImageEnhance, ImageFilter
 from tqdm import tqdm
 
-from skinscan.data import image_paths, read_split
-from skinscan.preprocess import load_image
-from skinscan.runtime import Classifier
+from skinscan.factory.data import image_paths, read_split
+from skinscan.runtime.classifier import Classifier
+from skinscan.runtime.preprocess import load_image
 
 GOALS = {"lesions_rejected_at_most": 0.02, "external_rejected_at_most": 0.05, "non_lesions_rejected_at_least": 0.95}
 LOW_RESOLUTION = "84 px and back (shorter side 84 px, scaled back up)"
@@ -73,9 +73,9 @@ class GateInputs:
     part: str
     rows: pd.DataFrame  # the split's rows of `part`, in the order of `lesions`
     lesions: list[Image.Image]
-    corpus: list  # skinscan.nonlesion.NonLesionImage
+    corpus: list  # skinscan.factory.nonlesion.NonLesionImage
     degraded: dict[str, list[Image.Image]]
-    ordinary: list  # skinscan.nonlesion.NonLesionImage: ordinary photos of skin (held-out portrait)
+    ordinary: list  # skinscan.factory.nonlesion.NonLesionImage: ordinary photos of skin (held-out portrait)
     external: pd.DataFrame | None = None  # the external collection's metadata rows, in the order of `external_images`
     external_images: list[Image.Image] | None = None
     external_degraded: dict[str, list[Image.Image]] | None = None
@@ -92,7 +92,7 @@ def load_gate_inputs(data_dir: str | Path, split_csv: str | Path, part: str = "t
                      max_images: int = 0, external: str | Path | None = None, degraded: int = 0) -> GateInputs:
     """Decode the lesions of `part` (the first `max_images` if set), build the non-lesion corpus, the ordinary
     photos of skin and the degradations; with `external` (the ISIC 2019 extra folder) its external collection."""
-    from skinscan.nonlesion import ORDINARY_SKIN_HELD_OUT, non_lesion_corpus, ordinary_skin_photos
+    from skinscan.factory.nonlesion import ORDINARY_SKIN_HELD_OUT, non_lesion_corpus, ordinary_skin_photos
 
     split = read_split(split_csv)
     rows = split[split.split == part]
@@ -105,7 +105,7 @@ def load_gate_inputs(data_dir: str | Path, split_csv: str | Path, part: str = "t
     ordinary = ordinary_skin_photos(ORDINARY_SKIN_HELD_OUT, ORDINARY_SKIN_PHOTOS, seed=1)
     inputs = GateInputs(part, rows, lesions, non_lesion_corpus(), degraded_lesions, ordinary)
     if external is not None:
-        from skinscan.regate import external_rows
+        from skinscan.factory.regate import external_rows
 
         inputs.external = external_rows(external)
         if max_images:
@@ -188,7 +188,7 @@ def gate_report(package_dir: str | Path, data_dir: str | Path, split_csv: str | 
     external: the ISIC 2019 extra folder (its external collection is measured too); degraded: degrade only
     this many lesions of each set, spread evenly (0: all), to keep a CPU run short.
     """
-    from skinscan.runtime import FP32_FILE, INT8_FILE
+    from skinscan.runtime.classifier import FP32_FILE, INT8_FILE
 
     package_dir = Path(package_dir)
     classifiers = {precision: Classifier.load(package_dir, precision=precision, threads=threads)

@@ -12,7 +12,7 @@ What it changes in a package, and only that: the initializers of the distance (`
 logistic regression on the same block statistics: dermoscopic vs an ordinary photo of skin, four
 initializers and a handful of nodes), the thresholds in the `skinscan.assess` metadata, and then the `.ort`
 forms and the manifest. The classifier's nodes and weights are not touched, so its outputs stay
-bit-identical (tested). The INT8 graph keeps the stem and blocks 1-5 in float (`skinscan.quantize`), so its
+bit-identical (tested). The INT8 graph keeps the stem and blocks 1-5 in float (`skinscan.factory.quantize`), so its
 statistics equal the FP32 graph's up to float rounding (~1e-3 relative: ORT fuses the two graphs differently;
 tested) and the same parameters and thresholds apply to both.
 """
@@ -32,9 +32,9 @@ from PIL import Image, ImageFilter
 from sklearn.covariance import LedoitWolf
 from sklearn.linear_model import LogisticRegression
 
-from skinscan.assess import ASSESS, DERMOSCOPY
-from skinscan.onnx_metadata import read_metadata, set_metadata
-from skinscan.preprocess import PreprocessConfig
+from skinscan.factory.onnx_metadata import read_metadata, set_metadata
+from skinscan.runtime.assess import ASSESS, DERMOSCOPY
+from skinscan.runtime.preprocess import PreprocessConfig
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -179,7 +179,7 @@ def fit_dermoscopy(dermoscopic: dict[int, np.ndarray], ordinary: dict[int, np.nd
     """A class-balanced logistic regression, dermoscopic (1) vs ordinary photos of skin (0), on the standardised
     block statistics; returned unstandardised (score = sum_b x_b . w_b + bias), so the graph needs no scaling.
 
-    Strongly regularised (C = `regularisation`): the ordinary photos are few (see `skinscan.nonlesion`), and
+    Strongly regularised (C = `regularisation`): the ordinary photos are few (see `skinscan.factory.nonlesion`), and
     a weak direction that generalises beats a sharp one that memorises one portrait.
     """
     blocks = sorted(dermoscopic)
@@ -327,7 +327,7 @@ def _sample(rows: pd.DataFrame, count: int, seed: int) -> pd.DataFrame:
 
 
 def _decode(image_dir: Path, image_ids: list[str], config: PreprocessConfig, threads: int, desc: str) -> np.ndarray:
-    from skinscan.data import decode_images, image_paths
+    from skinscan.factory.data import decode_images, image_paths
 
     return decode_images(image_paths(image_dir, image_ids), config, threads, desc)
 
@@ -338,12 +338,12 @@ def fit_sets(data: FitData, config: PreprocessConfig) -> dict[str, np.ndarray]:
       plain and as one device view (`device_views`): what the distance and the dermoscopy score learn;
     - `val` / `val_low_resolution`: HAM10000's val part, and the extra folder's `val` part (84-px images):
       the lesions whose scores the thresholds are chosen on;
-    - `ordinary`: ordinary photos of skin (`skinscan.nonlesion.ordinary_skin_photos`, the fitting portrait).
+    - `ordinary`: ordinary photos of skin (`skinscan.factory.nonlesion.ordinary_skin_photos`, the fitting portrait).
     Never the HAM10000 test part, never the external collection.
     """
-    from skinscan.data import read_split
-    from skinscan.nonlesion import ORDINARY_SKIN_FIT, ordinary_skin_photos
-    from skinscan.preprocess import resize_to_input
+    from skinscan.factory.data import read_split
+    from skinscan.factory.nonlesion import ORDINARY_SKIN_FIT, ordinary_skin_photos
+    from skinscan.runtime.preprocess import resize_to_input
 
     split = read_split(data.split_csv)
     ham_images = Path(data.ham_dir) / "images" if (Path(data.ham_dir) / "images").is_dir() else Path(data.ham_dir)
@@ -407,7 +407,7 @@ def fit_gate_and_thresholds(fit: FitScores) -> tuple[GateParameters, dict]:
     """Fit the parameters on `lesions` / `ordinary`, then choose the thresholds on the validation lesions' new
     scores (`choose_thresholds`, per source: HAM10000's val part and the extra folder's, whose 84-px images
     the blur line neither learns from nor applies to)."""
-    from skinscan.assess import SCORES, choose_thresholds
+    from skinscan.runtime.assess import SCORES, choose_thresholds
 
     parameters = fit_parameters(fit.sets["lesions"].statistics, fit.sets["ordinary"].statistics)
     val_sets = [name for name in ("val", "val_low_resolution") if name in fit.sets]
@@ -425,9 +425,9 @@ def regate_package(package_dir: str | Path, data: FitData, cache: Path | None = 
     cache: a `.npz` of the fitting sets' scores (`FitScores`): written on the first run, read on later ones
     (the scores depend only on the graph's early blocks, which the re-fit does not change).
     """
-    from skinscan.manifest import verify_file, write_manifest
-    from skinscan.ort_mobile import convert_to_ort
-    from skinscan.runtime import FP32_FILE, INT8_FILE
+    from skinscan.factory.ort_mobile import convert_to_ort
+    from skinscan.runtime.classifier import FP32_FILE, INT8_FILE
+    from skinscan.runtime.manifest import verify_file, write_manifest
 
     package_dir = Path(package_dir)
     graphs = {precision: package_dir / file for precision, file in (("fp32", FP32_FILE), ("int8", INT8_FILE))
@@ -473,7 +473,7 @@ def regate_package(package_dir: str | Path, data: FitData, cache: Path | None = 
 
 
 def _probe_images(data: FitData, config: PreprocessConfig, count: int = 16) -> np.ndarray:
-    from skinscan.data import read_split
+    from skinscan.factory.data import read_split
 
     split = read_split(data.split_csv)
     ham_images = Path(data.ham_dir) / "images" if (Path(data.ham_dir) / "images").is_dir() else Path(data.ham_dir)

@@ -20,7 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from skinscan.labels import HAM10000, LabelSet
-from skinscan.preprocess import PreprocessConfig, preprocess
+from skinscan.runtime.preprocess import PreprocessConfig, preprocess
 
 METADATA_FILE = "HAM10000_metadata.csv"
 IMAGE_DIR = "images"
@@ -76,7 +76,7 @@ def default_data_dir() -> Path:
     if os.environ.get("SKINSCAN_DATA"):
         return Path(os.environ["SKINSCAN_DATA"])
     relative = Path("../shared/data/ham10000")
-    candidates = [Path.cwd() / relative, Path(__file__).resolve().parents[2] / relative]
+    candidates = [Path.cwd() / relative, Path(__file__).resolve().parents[3] / relative]
     for candidate in candidates:
         if (candidate / METADATA_FILE).is_file():
             return candidate.resolve()

@@ -15,8 +15,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import auc, roc_curve
 
+from skinscan.factory.metrics import classification_metrics, reliability_curve, subgroup_metrics
 from skinscan.labels import LABEL_NAMES, MALIGNANT_CODES
-from skinscan.metrics import classification_metrics, reliability_curve, subgroup_metrics
 
 AGE_BANDS: tuple[tuple[str, float, float], ...] = (
     ("<30", 0, 30),
@@ -407,7 +407,7 @@ def render_markdown(metrics: dict, title: str) -> str:
     intro = (
         f"# {title}\n\n"
         "Metrics as defined by the ISIC 2018 challenge, Task 3 (lesion diagnosis), computed by "
-        "`skinscan.metrics`; all numbers are also in `metrics.json`. A screening aid, not a diagnosis."
+        "`skinscan.factory.metrics`; all numbers are also in `metrics.json`. A screening aid, not a diagnosis."
     )
     sections = [
         intro,
