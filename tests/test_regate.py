@@ -216,3 +216,24 @@ def test_judge_knows_the_new_reason():
         {"score": DERMOSCOPY, "below": 0.0, "reason": "not_dermoscopic"}]})
     verdict = spec.judge([1.0, 10.0, 150.0, 30.0, -2.0])
     assert verdict.reason == "not_dermoscopic" and "dermatoscope" in verdict.message
+
+
+def test_thresholds_hold_for_every_source():
+    """Per-source lines: a small source with larger distances and darker images is not sacrificed to a big one."""
+    from skinscan.runtime.assess import choose_thresholds
+
+    rng = np.random.default_rng(0)
+    big, small = 2000, 600
+    scores = np.column_stack([
+        np.r_[rng.chisquare(80, big) / 80, 1.5 * rng.chisquare(80, small) / 80],  # the small source: farther
+        rng.lognormal(2, 1, big + small),
+        np.r_[rng.normal(155, 20, big), rng.normal(110, 20, small)],  # and darker
+        rng.normal(30, 8, big + small), rng.normal(5, 1, big + small)])
+    groups = np.r_[np.zeros(big), np.ones(small)]
+    spec = choose_thresholds(scores, budget=0.015, scores=[*SCORES, DERMOSCOPY], groups=groups)
+    judge = AssessSpec.from_metadata(spec)
+    for group in (0, 1):
+        rejected = np.mean([not judge.judge(row).assessable for row in scores[groups == group]])
+        assert rejected <= 0.015, (group, rejected)
+    pooled = AssessSpec.from_metadata(choose_thresholds(scores, budget=0.015, scores=[*SCORES, DERMOSCOPY]))
+    assert np.mean([not pooled.judge(row).assessable for row in scores[groups == 1]]) > 0.015  # what groups fix
