@@ -237,3 +237,19 @@ def test_thresholds_hold_for_every_source():
         assert rejected <= 0.015, (group, rejected)
     pooled = AssessSpec.from_metadata(choose_thresholds(scores, budget=0.015, scores=[*SCORES, DERMOSCOPY]))
     assert np.mean([not pooled.judge(row).assessable for row in scores[groups == 1]]) > 0.015  # what groups fix
+
+
+def test_model_card_shows_the_external_collection_and_ordinary_photos():
+    from skinscan.factory.model_card import _gate_section
+
+    def summary(rejected, images, reasons=None):
+        return {"images": images, "rejected": rejected, "rejected_share": rejected / images, "reasons": reasons or {}}
+    report = {"part": "test", "thresholds": {"scores": [*SCORES, DERMOSCOPY], "budget": 0.015},
+              "lesions": summary(19, 1277), "non_lesions": {**summary(144, 144), "groups": {}, "accepted": []},
+              "external": {**summary(295, 2745), "by_collection": {"msk": summary(50, 819)},
+                           "degradations": {"blur": summary(394, 400)}},
+              "ordinary_skin_photos": {**summary(67, 100), "not_dermoscopic_share": 0.2},
+              "degradations": {"blur": summary(399, 400)}}
+    section = _gate_section({"fp32": report})
+    assert "never fitted on) turned away (goal <= 5%) | 295/2745 (10.7%) |" in section
+    assert "67/100 (67.0%) / 20%" in section and "`not_dermoscopic`" in section and "two faces" in section

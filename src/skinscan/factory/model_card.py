@@ -89,44 +89,53 @@ def _gate_section(gate: dict | None) -> str:
         row(f"lesions, {name}", lambda r, n=name: share(r["degradations"][n]))
     accepted = sorted({name for r in gate.values() for name in r["non_lesions"]["accepted"]})
     thresholds = first["thresholds"]
-    dermoscopic = "dermoscopy" in thresholds.get("scores", [])
-    how = (
-        "The lesion distance is a Gaussian over all training sources (HAM10000's train part and the ISIC 2019 "
-        "images outside the external collection), each image also seen as another device would take it (lower "
-        "resolution, slight blur, exposure, contrast and white balance shifts, a circular vignette, rotation); "
-        "the `dermoscopy` score is a logistic regression on the same statistics, dermoscopy against ordinary "
-        "photos of skin. Fitted by `skinscan regate` from the package's graphs (`skinscan/factory/regate.py`); "
-        "every line is drawn on validation lesions of each source (HAM10000 val, the extra folder's held-out "
-        "lesions), each quality check at its 0.25% tail, the dermoscopy check at 0.5%, the distance with the "
-        f"rest of a {thresholds.get('budget', 0.015):.1%} budget per source. " if dermoscopic else
-        "Thresholds were chosen on the validation split (each quality check turns away 0.25% of val lesions; the "
-        f"distance takes the rest of a {thresholds.get('budget', 0.015):.1%} budget, below the 2% goal to leave "
-        "room for sampling noise); `skinscan quantize` re-fits the distance threshold on the INT8 model's own "
-        "val scores. ")
-    ordinary = (
-        "Ordinary photos of skin: the only licensed ones a package ships are the two portraits among the sample "
-        "images, so the dermoscopy score is fitted on 300 random skin crops of one (scikit-image's astronaut) "
-        "and measured on 100 crops of the other (matplotlib's Grace Hopper): a small set of two faces, which "
-        "says little about rashes, other skin tones or other cameras. " if dermoscopic else "")
+    accepted_line = f" Accepted non-lesion images: {', '.join(accepted)}." if accepted else ""
+    if "dermoscopy" not in thresholds.get("scores", []):
+        return (
+            "A screening tool must not answer every photo. Before it is shown, each result passes a gate computed "
+            "in the graph (the `assess` output, `skinscan/factory/gate.py`): the distance of early feature "
+            "statistics from the training lesions' (Mahalanobis, blocks 4-5), sharpness (variance of the "
+            "Laplacian), brightness and colourfulness, plus a minimum image size. Failing any check gives "
+            "\"cannot assess\" with the reason (`not_a_lesion`, `too_blurry`, `too_dark`, `too_bright`, "
+            "`too_small`) instead of a diagnosis, in the CLI, the Python API and the app. Thresholds were chosen on "
+            "the validation split (each quality check turns away 0.25% of val lesions; the distance takes the rest "
+            f"of a {thresholds.get('budget', 0.015):.1%} budget, below the 2% goal to leave room for sampling "
+            "noise); `skinscan quantize` re-fits the distance threshold on the INT8 model's own val scores.\n\n"
+            + "\n".join(rows) + "\n\n"
+            "Non-lesion images: the sample images shipped with scikit-image, scikit-learn and matplotlib (people, "
+            "animals, objects, microscopy, a retina photo, astronomy, text), their quadrant crops, and skin "
+            "close-ups cropped from the two portraits among them (`skinscan/factory/nonlesion.py`); degradations: "
+            "the same test lesions blurred, darkened, overexposed or shrunk. Caveat: this corpus was also used to "
+            "choose the design (which blocks; adding colourfulness after grey images passed), so its rate is "
+            "optimistic for images unlike it; the lesion rate is an honest held-out figure." + accepted_line
+        )
     return (
         "A screening tool must not answer every photo. Before it is shown, each result passes a gate computed in "
-        "the graph (the `assess` output, `skinscan/factory/gate.py`): the distance of early feature statistics "
-        "from dermoscopic lesions' (Mahalanobis, blocks 4-5), "
-        + ("how dermoscopic the image looks, " if dermoscopic else "")
-        + "sharpness (variance of the Laplacian), brightness and colourfulness, plus a minimum image size. Failing "
-        "any check gives \"cannot assess\" with the reason (`not_a_lesion`, "
-        + ("`not_dermoscopic`, " if dermoscopic else "")
-        + "`too_blurry`, `too_dark`, `too_bright`, `too_small`) instead of a diagnosis, in the CLI, the Python API "
-        "and the app. " + how + "\n\n" + "\n".join(rows) + "\n\n"
+        "the graph (the `assess` output, `skinscan/factory/gate.py` and `skinscan/factory/regate.py`): the "
+        "distance of early feature statistics from dermoscopic lesions' (Mahalanobis, blocks 4-5), how "
+        "dermoscopic the image looks, sharpness (variance of the Laplacian), brightness and colourfulness, plus a "
+        "minimum image size. Failing any check gives \"cannot assess\" with the reason (`not_a_lesion`, "
+        "`not_dermoscopic`, `too_blurry`, `too_dark`, `too_bright`, `too_small`) instead of a diagnosis, in the "
+        "CLI, the Python API and the app. The lesion distance is a Gaussian over all training sources "
+        "(HAM10000's train part and the ISIC 2019 images outside the external collection), each image also seen "
+        "as another device would take it (lower resolution, slight blur, exposure, contrast and white balance "
+        "shifts, a circular vignette, rotation); the `dermoscopy` score is a logistic regression on the same "
+        "statistics, dermoscopy against ordinary photos of skin. `skinscan regate` fits both from the package's "
+        "graphs; every line is drawn on the validation lesions of each source (HAM10000 val, the extra folder's "
+        "held-out lesions, each plain and as device views): each quality check at its 0.25% tail, the "
+        "dermoscopy check at 0.5%, the distance with the rest of a "
+        f"{thresholds.get('budget', 0.015):.1%} budget per source.\n\n" + "\n".join(rows) + "\n\n"
         "Non-lesion images: the sample images shipped with scikit-image, scikit-learn and matplotlib (people, "
         "animals, objects, microscopy, a retina photo, astronomy, text), their quadrant crops, and skin "
         "close-ups cropped from the two portraits among them (`skinscan/factory/nonlesion.py`); degradations: the "
         "same test lesions blurred, darkened, overexposed, shrunk or brought to 84 px and back (a low-resolution "
-        "device; the blur check refuses much of it, since at the model's input it is as soft as a blurred "
-        "photo). " + ordinary + "Caveat: the non-lesion corpus was also used to choose the design (which blocks; "
-        "adding colourfulness after grey images passed), so its rate is optimistic for images unlike it; the "
-        "lesion rates are honest held-out figures."
-        + (f" Accepted non-lesion images: {', '.join(accepted)}." if accepted else "")
+        "device; the blur check refuses most of it: at the model's input it is as soft as a blurred photo). "
+        "Ordinary photos of skin: the only licensed ones a package ships are the two portraits among the sample "
+        "images, so the dermoscopy score is fitted on 300 random skin crops of one (scikit-image's astronaut) "
+        "and measured on 100 crops of the other (matplotlib's Grace Hopper): a small set of two faces, which "
+        "says little about rashes, other skin tones or other cameras. Caveat: the non-lesion corpus was also "
+        "used to choose the design, so its rate is optimistic for images unlike it; the lesion rates are honest "
+        "held-out figures." + accepted_line
     )
 
 

@@ -336,8 +336,9 @@ def fit_sets(data: FitData, config: PreprocessConfig) -> dict[str, np.ndarray]:
     """uint8 model inputs of every set the fit reads, by name:
     - `lesions`: HAM10000's train part and the extra folder's `fit` part (each up to `per_source`), each image
       plain and as one device view (`device_views`): what the distance and the dermoscopy score learn;
-    - `val` / `val_low_resolution`: HAM10000's val part, and the extra folder's `val` part (84-px images):
-      the lesions whose scores the thresholds are chosen on;
+    - `val` / `val_low_resolution`: HAM10000's val part, and the extra folder's `val` part (84-px images),
+      and `val_views` / `val_low_resolution_views`, one device view of each: the lesions whose scores the
+      thresholds are chosen on (a line must hold for them as other devices would show them, too);
     - `ordinary`: ordinary photos of skin (`skinscan.factory.nonlesion.ordinary_skin_photos`, the fitting portrait).
     Never the HAM10000 test part, never the external collection.
     """
@@ -361,6 +362,7 @@ def fit_sets(data: FitData, config: PreprocessConfig) -> dict[str, np.ndarray]:
                                             "decode extra val")
     plain = np.concatenate(parts)
     lesions = np.concatenate([plain, device_views(plain, DeviceViews(seed=data.seed))])
+    val.update({f"{name}_views": device_views(images, DeviceViews(seed=data.seed + 1)) for name, images in val.items()})
     ordinary = np.stack([resize_to_input(item.image, config)
                          for item in ordinary_skin_photos(ORDINARY_SKIN_FIT, data.ordinary, data.seed)])
     return {"lesions": lesions, **val, "ordinary": ordinary}
@@ -405,12 +407,14 @@ def compute_fit_scores(model: onnx.ModelProto, data: FitData) -> FitScores:
 
 def fit_gate_and_thresholds(fit: FitScores) -> tuple[GateParameters, dict]:
     """Fit the parameters on `lesions` / `ordinary`, then choose the thresholds on the validation lesions' new
-    scores (`choose_thresholds`, per source: HAM10000's val part and the extra folder's, whose 84-px images
-    the blur line neither learns from nor applies to)."""
+    scores (`choose_thresholds`, per source: HAM10000's val part and the extra folder's, each plain and as
+    device views; the blur line learns from and applies to HAM10000's plain val images only: 84-px images
+    and views with a low-resolution or blur step are soft by construction)."""
     from skinscan.runtime.assess import SCORES, choose_thresholds
 
     parameters = fit_parameters(fit.sets["lesions"].statistics, fit.sets["ordinary"].statistics)
-    val_sets = [name for name in ("val", "val_low_resolution") if name in fit.sets]
+    val_sets = [name for name in ("val", "val_low_resolution", "val_views", "val_low_resolution_views")
+                if name in fit.sets]
     val = concatenate([fit.sets[name] for name in val_sets])
     source = np.concatenate([np.full(len(fit.sets[name].assess), i) for i, name in enumerate(val_sets)])
     distance, dermoscopy = score_numpy(parameters, val.statistics)
