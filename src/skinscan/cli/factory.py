@@ -319,7 +319,7 @@ def add_regate(verbs) -> None:
     rg.add_argument("--extra", type=Path, default=None,
                     help="the ISIC 2019 extra folder: its images other than the 256-px external collection join "
                          "the fit")
-    rg.add_argument("--per-source", type=int, default=2000, help="lesions drawn from each source's fitting part")
+    rg.add_argument("--per-source", type=int, default=1500, help="lesions drawn from each source's fitting part")
     rg.add_argument("--ordinary", type=int, default=300, help="ordinary photos of skin for the dermoscopy score")
     rg.add_argument("--cache", type=Path, default=None, help=".npz of the fitting sets' scores (reused if present)")
     rg.add_argument("--seed", type=int, default=0)

@@ -288,7 +288,7 @@ class FitData:
     ham_dir: Path
     split_csv: Path
     extra_dir: Path | None = None
-    per_source: int = 2000   # lesions drawn from each source's fitting part (plus as many device views)
+    per_source: int = 1500   # lesions drawn from each source's fitting part (plus as many device views)
     ordinary: int = 300      # ordinary photos of skin (crops of the fitting portrait)
     seed: int = 0
     threads: int = 2
