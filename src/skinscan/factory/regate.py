@@ -15,6 +15,11 @@ forms and the manifest. The classifier's nodes and weights are not touched, so i
 bit-identical (tested). The INT8 graph keeps the stem and blocks 1-5 in float (`skinscan.factory.quantize`), so its
 statistics equal the FP32 graph's up to float rounding (~1e-3 relative: ORT fuses the two graphs differently;
 tested) and the same parameters and thresholds apply to both.
+
+The thresholds (`fit_gate_and_thresholds`) are drawn per source on validation lesions, plain and as device
+views, never on the external collection. Measured (docs/RESULTS.md, "Gate across devices"): this fit keeps
+HAM10000's test lesions and refuses the non-lesion corpus as required, but still turns away ~10% of the
+external collection's lesions as "not a lesion", so the bundled package keeps its older gate for now.
 """
 
 from __future__ import annotations
@@ -427,7 +432,8 @@ def regate_package(package_dir: str | Path, data: FitData, cache: Path | None = 
     """Re-fit the gate of every graph in the package (see the module docstring); returns a short report.
 
     cache: a `.npz` of the fitting sets' scores (`FitScores`): written on the first run, read on later ones
-    (the scores depend only on the graph's early blocks, which the re-fit does not change).
+    (the scores depend only on the graph's early blocks, which the re-fit does not change). It is keyed by
+    nothing: reuse it only with the same graphs' early blocks and the same `data` options.
     """
     from skinscan.factory.ort_mobile import convert_to_ort
     from skinscan.runtime.classifier import FP32_FILE, INT8_FILE
@@ -442,7 +448,7 @@ def regate_package(package_dir: str | Path, data: FitData, cache: Path | None = 
         verify_file(package_dir, path.name)  # IntegrityError for a tampered or unlisted graph
     models = {precision: onnx.load(str(path)) for precision, path in graphs.items()}
     for model in models.values():
-        statistics_tensors(model)  # GateGraphError before an hour of decoding
+        statistics_tensors(model)  # GateGraphError before decoding thousands of images
         if "skinscan.assess" not in read_metadata(model):
             raise GateGraphError("the package has no skinscan.assess metadata; re-export it with `skinscan export`")
     if cache is not None and Path(cache).is_file():
