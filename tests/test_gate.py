@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 
-from skinscan.assess import MESSAGES, AssessSpec, AssessSpecError
+from skinscan.assess import MESSAGES, PRECEDENCE, AssessSpec, AssessSpecError, choose_thresholds
 from skinscan.runtime import Classifier, bundled_package_dir
 
 SPEC = {
@@ -34,20 +37,67 @@ def test_an_image_inside_every_threshold_is_assessable():
     assert verdict.scores == dict(zip(SPEC["scores"], GOOD, strict=True))
 
 
-@pytest.mark.parametrize(("scores", "size", "reason"), [
+PRECEDENCE_CASES = [  # (scores, size, the answer): every check is evaluated, the highest-precedence failure wins
     (GOOD, (99, 450), "too_small"),
-    ([50.0, 0.1, 20.0, 0.0], (99, 450), "too_small"),  # too small is checked first, before the graph's scores
+    ([50.0, 0.1, 20.0, 0.0], (99, 450), "not_a_lesion"),  # a tiny portrait: not a lesion photo, whatever its size
+    ([5.0, 0.1, 20.0, 30.0], (99, 450), "too_small"),  # a lesion photo: too small before blurry and dark
     ([5.0, 10.0, 99.0, 30.0], (600, 450), "too_dark"),
-    ([5.0, 0.1, 99.0, 30.0], (600, 450), "too_dark"),  # a dark image is also flat: "dark" is the useful answer
+    ([5.0, 0.1, 99.0, 30.0], (600, 450), "too_blurry"),  # blurry before dark: more light will not sharpen it
     ([5.0, 10.0, 201.0, 30.0], (600, 450), "too_bright"),
     ([5.0, 2.0, 150.0, 30.0], (600, 450), "too_blurry"),
     ([5.0, 10.0, 150.0, 1.0], (600, 450), "not_a_lesion"),
     ([12.0, 10.0, 150.0, 30.0], (600, 450), "not_a_lesion"),
+    ([90.0, 10.0, 60.0, 30.0], (600, 450), "not_a_lesion"),  # a normally lit portrait: not "add light" (issue 25)
+    ([90.0, 1.0, 250.0, 30.0], (600, 450), "not_a_lesion"),  # ... nor "blurry" or "overexposed"
     ([math.nan, 10.0, 150.0, 30.0], (600, 450), "not_a_lesion"),  # unmeasurable never passes
-])
-def test_the_first_failing_check_is_the_answer(scores, size, reason):
+]
+
+
+@pytest.mark.parametrize(("scores", "size", "reason"), PRECEDENCE_CASES)
+def test_the_highest_precedence_failure_is_the_answer(scores, size, reason):
     verdict = AssessSpec.from_metadata(SPEC).judge(scores, size)
     assert verdict.reason == reason and verdict.message == MESSAGES[reason] and not verdict.assessable
+
+
+def test_precedence_is_data_in_the_package():
+    assert PRECEDENCE[:2] == ("not_a_lesion", "not_dermoscopic") and PRECEDENCE[-1] == "too_bright"
+    assert set(PRECEDENCE) <= set(MESSAGES) and "dermatoscope" in MESSAGES["not_dermoscopic"]
+    dark_and_blurry = [5.0, 0.1, 99.0, 30.0]
+    assert AssessSpec.from_metadata(SPEC).judge(dark_and_blurry, (600, 450)).reason == "too_blurry"
+    darkness_first = {**SPEC, "precedence": ["too_dark", "too_blurry"]}
+    assert AssessSpec.from_metadata(darkness_first).judge(dark_and_blurry, (600, 450)).reason == "too_dark"
+    unlisted = {**SPEC, "precedence": ["too_small"]}  # reasons it does not list: in check order, after it
+    assert AssessSpec.from_metadata(unlisted).judge(dark_and_blurry, (99, 450)).reason == "too_small"
+    assert AssessSpec.from_metadata(unlisted).judge(dark_and_blurry, (600, 450)).reason == "too_dark"
+    with pytest.raises(AssessSpecError, match="precedence"):
+        AssessSpec.from_metadata({**SPEC, "precedence": "too_dark"})
+    spec = choose_thresholds(np.random.default_rng(0).normal(50, 10, (400, 4)))
+    assert spec["precedence"] == list(PRECEDENCE)
+
+
+def test_the_app_judges_like_python(tmp_path):
+    """tests/browser/assess_cases.mjs runs the app's assess.js (what the page imports) on the same scores."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed; run `bash scripts/setup_browser.sh`")
+    exported = {**SPEC, "messages": MESSAGES}  # packages carry their messages (choose_thresholds writes them)
+    specs = [exported, {**exported, "precedence": ["too_dark", "too_blurry"]},
+             {**exported, "messages": {**MESSAGES, "too_dark": "dim"}}]
+    extra = [(GOOD, (600, 450)), ([5.0, 0.1, 99.0, 30.0], (600, 450)), ([90.0, 0.1, 99.0, 1.0], (99, 450))]
+    cases = [(spec, scores, size) for spec in specs for scores, size, _ in PRECEDENCE_CASES]
+    cases += [(spec, scores, size) for spec in specs for scores, size in extra]
+    document = [{"spec": spec, "scores": [None if math.isnan(s) else s for s in scores], "width": size[0],
+                 "height": size[1]} for spec, scores, size in cases]
+    (tmp_path / "cases.json").write_text(json.dumps(document))
+    script = Path(__file__).parent / "browser" / "assess_cases.mjs"
+    result = subprocess.run([node, str(script), str(tmp_path / "cases.json")], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    output = json.loads(result.stdout)
+    assert output["precedence"] == list(PRECEDENCE)
+    for (spec, scores, size), browser in zip(cases, output["verdicts"], strict=True):
+        python = AssessSpec.from_metadata(spec).judge(scores, size)
+        assert (browser["reason"], browser["message"]) == (python.reason, python.message), (spec, scores, size)
 
 
 def test_unknown_size_skips_only_the_size_check():

@@ -7,6 +7,7 @@
 //
 // URL parameters (for measuring): ?precision=fp32|int8  ?threads=N  ?maxfps=N (0 = as fast as possible)
 
+import { judge } from './assess.js';
 import { centerCropBox } from './resize.js';
 
 const params = new URLSearchParams(location.search);
@@ -79,26 +80,6 @@ async function loadModel() {
 }
 
 // ----------------------------------------------------------------------------------------- results
-/**
- * The package's "cannot assess" rule (metadata `skinscan.assess`), walked exactly as skinscan/assess.py walks
- * it: too small first, then each check in order; the first that fails is the answer. null: no gate.
- */
-function judge(spec, scores, width, height) {
-  if (!spec || !scores) return null;
-  const named = Object.fromEntries(spec.scores.map((name, i) => [name, scores[i]]));
-  const message = (reason) => (spec.messages && spec.messages[reason]) || reason;
-  if (Math.min(width, height) < (spec.min_side || 0)) {
-    return { reason: 'too_small', message: message('too_small'), scores: named };
-  }
-  for (const check of spec.checks) {
-    const value = named[check.score];
-    const fails = Number.isNaN(value) || (check.below != null && value < check.below)
-      || (check.above != null && value > check.above);
-    if (fails) return { reason: check.reason, message: message(check.reason), scores: named };
-  }
-  return { reason: null, message: null, scores: named };
-}
-
 function interpret(probabilities, assess = null, width = 0, height = 0) {
   const { labels, label_names: names, malignant, thresholds } = state.model;
   const byCode = Object.fromEntries(labels.map((code, i) => [code, probabilities[i]]));
