@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from PIL.PngImagePlugin import PngInfo
 
 from skinscan import DISCLAIMER
 
@@ -103,15 +104,21 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> list[str]:
 
 def render_report(image: np.ndarray, prediction: Prediction, model: ReportModel,
                   when: dt.datetime | None = None) -> Image.Image:
-    """The page as an RGB image (PAGE, white). image: the model's input uint8 [H, W, 3], what the map covers."""
+    """The page as an RGB image (PAGE, white). image: the model's input uint8 [H, W, 3], what the map covers.
+
+    The page's words are also kept in `page.info["Description"]`, which `save_report` writes into the files'
+    metadata (PNG text chunk, PDF subject): searchable, and what the tests read back.
+    """
     when = when or dt.datetime.now().astimezone()
     page = Image.new("RGB", PAGE, "white")
     draw = ImageDraw.Draw(page)
     width = PAGE[0] - 2 * MARGIN
     y = MARGIN
+    words = []
 
     def text(content: str, size: int, fill=INK, gap: int = 10) -> None:
         nonlocal y
+        words.append(content)
         font = _font(size)
         for line in _wrap(draw, content, font, width):
             draw.text((MARGIN, y), line, font=font, fill=fill)
@@ -139,6 +146,7 @@ def render_report(image: np.ndarray, prediction: Prediction, model: ReportModel,
         heat = heat_overlay(image, prediction.cam).resize((box_width, box_height), Image.Resampling.LANCZOS)
         page.paste(heat, (right, y))
         draw.text((right, y + box_height + 8), "Where the model looked", font=small, fill=MUTED)
+        words.append("Where the model looked: " + "; ".join(HEAT_LEGEND))
         bar_y = y + box_height + 44
         page.paste(legend_bar(box_width, 22), (right, bar_y))
         draw.text((right, bar_y + 28), HEAT_LEGEND[1], font=small, fill=MUTED)
@@ -148,6 +156,7 @@ def render_report(image: np.ndarray, prediction: Prediction, model: ReportModel,
         draw.rectangle((right, y, right + box_width, y + box_height), outline=RULE, width=3)
         why = ("No heat map: the image cannot be assessed." if not prediction.assessable
                else "No heat map: this model package has no explanation output.")
+        words.append(why)
         for i, line in enumerate(_wrap(draw, why, small, box_width - 40)):
             draw.text((right + 20, y + 20 + 32 * i), line, font=small, fill=MUTED)
     y += box_height + 150
@@ -165,6 +174,7 @@ def render_report(image: np.ndarray, prediction: Prediction, model: ReportModel,
     draw.rectangle((MARGIN, top, PAGE[0] - MARGIN, PAGE[1] - MARGIN), outline=WARN, width=3)
     for i, line in enumerate(footer):
         draw.text((MARGIN + 20, top + 15 + 36 * i), line, font=font, fill=INK)
+    page.info["Description"] = "\n".join([*words, DISCLAIMER])
     return page
 
 
@@ -177,13 +187,16 @@ def report_name(source: str | None, index: int) -> str:
 def save_report(page: Image.Image, folder: Path, name: str) -> tuple[list[Path], list[Path]]:
     """Write `name`.png and `name`.pdf into `folder`: (the files written, those of them that replaced a file)."""
     written, replaced = [], []
+    description = page.info.get("Description", "")
     for suffix in (".png", ".pdf"):
         path = folder / f"{name}{suffix}"
         if path.exists():
             replaced.append(path)
         if suffix == ".png":
-            page.save(path, dpi=(DPI, DPI), optimize=True)
+            metadata = PngInfo()
+            metadata.add_itxt("Description", description)
+            page.save(path, dpi=(DPI, DPI), pnginfo=metadata)
         else:
-            page.save(path, resolution=DPI)
+            page.save(path, resolution=DPI, title="Skin lesion screening report", subject=description)
         written.append(path)
     return written, replaced

@@ -204,6 +204,7 @@ async function photosScenario(browser, log) {
     const shown = await page.evaluate(() => ({
       verdict: document.querySelector('#verdict').innerText,
       malignancy: document.querySelector('#malignancy').innerText,
+      resultText: document.querySelector('#result').innerText,
       classes: document.querySelector('#result').className,
     }));
     await context.close();
