@@ -229,11 +229,29 @@ def test_int8_keeps_the_gate_float_and_close(gated_package, ham10000_dir, split_
 
 
 # ------------------------------------------------------------------------------ runtime and CLI answers
+def dimmed(classifier: Classifier, lesion: Image.Image) -> tuple[Image.Image, list]:
+    """The brightest dimmed copy of `lesion` that is "too_dark" (and every dimmed copy's answer).
+
+    Darkening also moves the lesion distance: past some point a near-black picture is "not a lesion photo", which
+    the precedence puts first. A dim picture that is still a lesion photo must be told to add light.
+    """
+    answers = []
+    for factor in (0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1):
+        image = ImageEnhance.Brightness(lesion).enhance(factor)
+        answers.append((factor, classifier.classify(image)))
+        if answers[-1][1].cannot_assess == "too_dark":
+            return image, answers
+    raise AssertionError(f"no dimmed copy is too_dark: {[(f, p.cannot_assess, p.assessment) for f, p in answers]}")
+
+
 def test_prediction_says_why_it_cannot_assess(gated_package, ham10000_dir):
     classifier = Classifier.load(gated_package["folder"], precision="fp32")
     lesion = Image.open(next((ham10000_dir / "images").glob("*.jpg"))).convert("RGB")
-    dark = classifier.classify(ImageEnhance.Brightness(lesion).enhance(0.1))
+    image, _ = dimmed(classifier, lesion)
+    dark = classifier.classify(image)
     assert dark.cannot_assess == "too_dark" and not dark.assessable and "dark" in dark.cannot_assess_message
+    black = classifier.classify(ImageEnhance.Brightness(lesion).enhance(0.05))
+    assert black.cannot_assess in {"too_dark", "not_a_lesion"}  # the distance may say "not a lesion" first
     tiny = classifier.classify(lesion.resize((80, 60)))
     assert tiny.cannot_assess == "too_small"
     grey = classifier.classify(lesion.convert("L"))
@@ -248,7 +266,7 @@ def test_predict_cli_reports_cannot_assess(gated_package, ham10000_dir, tmp_path
     from skinscan.cli import main
 
     lesion = Image.open(next((ham10000_dir / "images").glob("*.jpg"))).convert("RGB")
-    ImageEnhance.Brightness(lesion).enhance(0.1).save(tmp_path / "dark.png")
+    dimmed(Classifier.load(gated_package["folder"], precision="fp32"), lesion)[0].save(tmp_path / "dark.png")
     lesion.save(tmp_path / "lesion.png")
     assert main(["predict", str(tmp_path / "dark.png"), "--model", str(gated_package["folder"]),
                  "--precision", "fp32"]) == 0
@@ -258,6 +276,8 @@ def test_predict_cli_reports_cannot_assess(gated_package, ham10000_dir, tmp_path
     document = json.loads(capsys.readouterr().out)
     reasons = {p["source"].rsplit("/", 1)[-1]: p["cannot_assess"] for p in document["predictions"]}
     assert reasons["dark.png"] == "too_dark"
+    dark = next(p for p in document["predictions"] if p["source"].endswith("dark.png"))
+    assert dark["top"] == [] and dark["probabilities"] is None and "not shown to users" in dark["developer"]["note"]
     assert main(["predict", str(tmp_path), "--model", str(gated_package["folder"]), "--csv"]) == 0
     rows = capsys.readouterr().out.splitlines()
     assert rows[0].endswith(",cannot_assess") and any(r.endswith(",too_dark") for r in rows[1:])
