@@ -207,6 +207,8 @@ def cmd_predict(args) -> int:
                     from skinscan.explain import overlay_path, save_overlay  # loads matplotlib, only for --explain
 
                     for array, prediction in zip(arrays, batch, strict=True):
+                        if not prediction.assessable:  # no diagnosis, so no map of where it came from
+                            continue
                         save_overlay(array, prediction, overlay_path(args.explain, prediction.source, taken))
                         overlays += 1
                 if args.report is not None:
@@ -227,7 +229,9 @@ def cmd_predict(args) -> int:
         for path, reason in failures:
             print(f"  {path}: {reason}", file=sys.stderr)
     if args.explain is not None:
-        print(f"{overlays} explanation overlay(s) (Grad-CAM of the top diagnosis) written to {args.explain}",
+        skipped = sum(not p.assessable for p in predictions)
+        print(f"{overlays} explanation overlay(s) (Grad-CAM of the top diagnosis) written to {args.explain}"
+              + (f"; none for the {skipped} image(s) that cannot be assessed" if skipped else ""),
               file=sys.stderr if args.json or args.csv else sys.stdout)
     if args.report is not None:
         where = sys.stderr if args.json or args.csv else sys.stdout
