@@ -100,6 +100,19 @@ def test_the_app_judges_like_python(tmp_path):
         assert (browser["reason"], browser["message"]) == (python.reason, python.message), (spec, scores, size)
 
 
+def test_everyday_photos_are_not_a_lesion_photo_before_they_are_too_dark():
+    """Issue 25: normally lit everyday photos were told "too dark; add light" because brightness was checked first.
+    scikit-image's rocket and coffee cross the bundled gate's brightness line (learned from dermoscopy) and its
+    lesion-distance line: the answer must be the one the user can act on, "not a lesion photo"."""
+    data = pytest.importorskip("skimage.data", reason="the everyday photos are scikit-image's samples (`dev` extra)")
+    classifier = Classifier.load(threads=1)
+    if not classifier.has_assess:
+        pytest.skip("the bundled package predates the gate")
+    for name in ("rocket", "coffee", "astronaut"):
+        prediction = classifier.classify(getattr(data, name)())
+        assert prediction.cannot_assess == "not_a_lesion", (name, prediction.assessment)
+
+
 def test_unknown_size_skips_only_the_size_check():
     spec = AssessSpec.from_metadata(SPEC)
     assert spec.judge(GOOD, None).assessable
