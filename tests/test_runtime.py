@@ -211,7 +211,7 @@ def test_unlisted_model_file_is_refused(package, tmp_path):
     folder = copy_package(package, tmp_path / "unlisted")
     shutil.copy(folder / FP32_FILE, folder / INT8_FILE)  # present, but not in the manifest
     with pytest.raises(IntegrityError, match="not listed"):
-        Classifier.load(folder)  # auto picks int8 when present
+        Classifier.load(folder, precision="auto")  # auto picks int8 when present
 
 
 def test_precision_selection(package, tmp_path):
@@ -220,7 +220,9 @@ def test_precision_selection(package, tmp_path):
         Classifier.load(folder, precision="int8")
     shutil.copy(folder / FP32_FILE, folder / INT8_FILE)  # stands in for a quantized graph
     write_manifest(folder)
-    assert Classifier.load(folder, threads=1).path.name == INT8_FILE
+    assert Classifier.load(folder, precision="auto", threads=1).path.name == INT8_FILE
+    assert Classifier.load(folder, threads=1).path.name == FP32_FILE  # the default: what the web app runs
+    assert Classifier.load(folder / INT8_FILE, threads=1).precision == "int8"  # a file is used as it is
     assert Classifier.load(folder, precision="int8", threads=1).precision == "int8"
     assert Classifier.load(folder, precision="fp32", threads=1).path.name == FP32_FILE
     assert Classifier.load(folder / FP32_FILE, threads=1).precision == "fp32"
@@ -228,6 +230,9 @@ def test_precision_selection(package, tmp_path):
         Classifier.load(folder / FP32_FILE, precision="int8")
     with pytest.raises(ValueError, match="unknown precision"):
         Classifier.load(folder, precision="fp16")
+    (folder / FP32_FILE).unlink()
+    write_manifest(folder)
+    assert Classifier.load(folder, threads=1).precision == "int8"  # an INT8-only package still loads by default
 
 
 def test_missing_paths_and_bundled_package(tmp_path, monkeypatch):
