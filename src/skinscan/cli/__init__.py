@@ -40,10 +40,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as error:
         # Our own errors (DatasetError, ImageError, ...) carry a message that says what to do.
-        from skinscan.factory.data import DatasetError
         from skinscan.runtime.preprocess import ImageError
 
-        if isinstance(error, (DatasetError, ImageError, FileNotFoundError, FileExistsError, ValueError)):
+        known: tuple[type[Exception], ...] = (ImageError, FileNotFoundError, FileExistsError, ValueError)
+        data = sys.modules.get("skinscan.factory.data")  # loaded if it raised; importing it needs pandas
+        if data is not None:
+            known += (data.DatasetError,)
+        if isinstance(error, known):
             print(f"skinscan: error: {error}", file=sys.stderr)
             return 2
         raise

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from skinscan.cli.common import UsageError, add_data_arguments, data_source
+from skinscan.cli.common import UsageError, add_data_arguments, data_source, require_extra
 
 
 def add_data(verbs) -> None:
@@ -16,6 +16,7 @@ def add_data(verbs) -> None:
 
 
 def cmd_data_validate(args) -> int:
+    require_extra("report")
     from skinscan.factory.data import validate_dataset
     from skinscan.labels import load_label_set
 
@@ -34,6 +35,7 @@ def add_data_validate(data_verbs) -> None:
 
 
 def cmd_data_split(args) -> int:
+    require_extra("report")
     from skinscan.factory.data import lesion_grouped_split, read_metadata, require_known_labels, write_split
     from skinscan.labels import load_label_set
 
@@ -59,6 +61,7 @@ def add_data_split(data_verbs) -> None:
 
 
 def cmd_data_folds(args) -> int:
+    require_extra("report")
     from skinscan.factory.data import cross_validation_folds, read_split, write_split
 
     folds = cross_validation_folds(read_split(args.split), folds=args.folds, seed=args.seed)

@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 
 from skinscan import DISCLAIMER
-from skinscan.cli.common import UsageError, add_data_arguments, data_source, positive_float
+from skinscan.cli.common import UsageError, add_data_arguments, data_source, positive_float, require_extra
+from skinscan.paths import default_data_dir
 
 
 def add_factory_verbs(verbs) -> None:
@@ -19,6 +20,7 @@ def add_factory_verbs(verbs) -> None:
 
 
 def cmd_train(args) -> int:
+    require_extra("train")
     from skinscan.factory.augment import AugmentConfig
     from skinscan.factory.train import TrainConfig, train
     from skinscan.labels import load_label_set
@@ -107,6 +109,7 @@ def add_train(verbs) -> None:
 
 
 def cmd_compare(args) -> int:
+    require_extra("train")
     from skinscan.factory.compare import compare_checkpoints, format_comparison, write_comparison
 
     comparison = compare_checkpoints(args.checkpoint, data_source(args), args.split, part=args.part, tta=args.tta,
@@ -136,6 +139,7 @@ def add_compare(verbs) -> None:
 
 
 def cmd_evaluate(args) -> int:
+    require_extra("train")
     from skinscan.factory.evaluate import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(args.checkpoint, data_source(args), args.split, args.out, part=args.part,
@@ -165,6 +169,7 @@ def add_evaluate(verbs) -> None:
 
 
 def cmd_export(args) -> int:
+    require_extra("train")
     from skinscan.factory.export import build_package
 
     metadata = build_package(args.checkpoint, args.images or args.data, args.split, args.out, threads=args.threads)
@@ -186,6 +191,7 @@ def add_export(verbs) -> None:
 
 
 def cmd_qat(args) -> int:
+    require_extra("train")
     from skinscan.factory.qat import quantization_aware_finetune
 
     best = quantization_aware_finetune(args.checkpoint, args.out, args.images or args.data, args.split,
@@ -210,6 +216,7 @@ def add_qat(verbs) -> None:
 
 
 def cmd_quantize(args) -> int:
+    require_extra("train")
     from skinscan.factory.quantize import quantize_package
 
     report = quantize_package(args.model, args.data, args.split, part=args.part,
@@ -228,8 +235,6 @@ def cmd_quantize(args) -> int:
 
 def add_quantize(verbs) -> None:
     """The `skinscan quantize` options."""
-    from skinscan.factory.data import default_data_dir
-
     qu = verbs.add_parser("quantize", help="add a static INT8 model to a package; accuracy/latency report")
     qu.add_argument("--model", type=Path, default=Path("runs/package"), help="model package folder")
     qu.add_argument("--data", type=Path, default=default_data_dir())
@@ -247,6 +252,7 @@ def add_quantize(verbs) -> None:
 
 
 def cmd_gate(args) -> int:
+    require_extra("report")
     from skinscan.factory.gate_report import format_gate_report, gate_report
     from skinscan.runtime.classifier import ModelPackageError
 
@@ -261,8 +267,6 @@ def cmd_gate(args) -> int:
 
 def add_gate(verbs) -> None:
     """The `skinscan gate` options."""
-    from skinscan.factory.data import default_data_dir
-
     ga = verbs.add_parser("gate", help="measure the 'cannot assess' gate: lesions, non-lesion images, degradations")
     ga.add_argument("--model", type=Path, default=Path("runs/package"), help="model package folder")
     ga.add_argument("--data", type=Path, default=default_data_dir())
@@ -273,6 +277,7 @@ def add_gate(verbs) -> None:
 
 
 def cmd_card(args) -> int:
+    require_extra("report")
     from skinscan.factory.model_card import write_model_card
 
     notes = Path(args.notes).read_text() if args.notes else ""

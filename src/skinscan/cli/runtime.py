@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from skinscan import DISCLAIMER
-from skinscan.cli.common import UsageError, positive_int
+from skinscan.cli.common import UsageError, positive_int, require_extra
 
 
 def add_runtime_verbs(verbs) -> None:
@@ -53,10 +53,7 @@ def cmd_predict(args) -> int:
                 batch = classifier.classify_arrays(np.stack(arrays), sources, sizes)
                 predictions += batch
                 if args.explain is not None:
-                    from skinscan.runtime.explain import (  # loads matplotlib, only for --explain
-                        overlay_path,
-                        save_overlay,
-                    )
+                    from skinscan.runtime.explain import overlay_path, save_overlay
 
                     for array, prediction in zip(arrays, batch, strict=True):
                         save_overlay(array, prediction, overlay_path(args.explain, prediction.source, taken))
@@ -156,8 +153,14 @@ def cmd_benchmark(args) -> int:
     from skinscan.runtime.benchmark import format_table, run_benchmark, stderr_progress, write_json
     from skinscan.runtime.manifest import IntegrityError
 
+    eager = None
+    if args.checkpoint is not None:
+        require_extra("train")
+        from skinscan.factory.eager import load_eager_engine
+
+        eager = load_eager_engine(args.checkpoint)
     try:
-        report = run_benchmark(args.model, args.checkpoint, threads=args.threads, batches=args.batch,
+        report = run_benchmark(args.model, eager, threads=args.threads, batches=args.batch,
                                iterations=args.iterations, warmup=args.warmup, rounds=args.rounds,
                                progress=stderr_progress)
     except IntegrityError as error:
@@ -172,7 +175,7 @@ def add_benchmark(verbs) -> None:
     be = verbs.add_parser("benchmark", help="latency and throughput: PyTorch eager vs ONNX FP32 vs INT8, sizes")
     be.add_argument("--model", type=Path, default=None, help="model package folder (default: the bundled package)")
     be.add_argument("--checkpoint", type=Path, default=None,
-                    help="training checkpoint: adds the PyTorch eager engine (needs torch)")
+                    help="training checkpoint: adds the PyTorch eager engine (needs the `train` extra)")
     be.add_argument("--threads", type=positive_int, nargs="+", default=None,
                     help="thread counts to measure (default: 1 and all cores)")
     be.add_argument("--batch", type=positive_int, nargs="+", default=[1], help="batch sizes to measure")
