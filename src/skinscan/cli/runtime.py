@@ -89,7 +89,8 @@ def add_predict(verbs) -> None:
     output.add_argument("--json", action="store_true", help="one JSON document on stdout")
     output.add_argument("--csv", action="store_true", help="CSV on stdout: one row per image, every probability")
     pr.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime threads (default: all cores)")
-    pr.add_argument("--batch-size", type=positive_int, default=16)
+    pr.add_argument("--batch-size", type=positive_int, default=16,
+                    help="images per ONNX Runtime call (more: a little faster, more memory)")
     pr.add_argument("--explain", type=Path, metavar="OUT_DIR", default=None,
                     help="also write one PNG per image into OUT_DIR: the image under a Grad-CAM heatmap of where "
                          "the model looked for its top diagnosis (needs a package exported with the `cam` output)")
@@ -204,6 +205,6 @@ def add_app(verbs) -> None:
     ap = verbs.add_parser("app", help="serve the offline camera web app (screening runs in the browser)")
     ap.add_argument("--host", default="127.0.0.1",
                     help="address to listen on; anything but loopback makes the page reachable from the network")
-    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port)")
     ap.add_argument("--model", type=Path, default=None, help="model package folder (default: the bundled package)")
     ap.set_defaults(func=cmd_app)
