@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import urllib.request
 import venv
 from pathlib import Path
 from typing import NamedTuple
@@ -116,6 +118,15 @@ def test_predict_benchmark_and_app_run_in_the_runtime_install(lean_venv, tmp_pat
 
     helped = run([lean_venv.bin / "skinscan", "app", "--help"], cwd=tmp_path, timeout=120)
     assert helped.returncode == 0 and "--port" in helped.stdout, helped.stderr
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    with subprocess.Popen([lean_venv.bin / "skinscan", "app", "--port", "0"], cwd=tmp_path, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as server:
+        try:
+            url = re.search(r"http://\S+/", server.stdout.readline()).group(0)
+            with urllib.request.urlopen(url, timeout=30) as page:  # 127.0.0.1 only: the server's loopback URL
+                assert page.status == 200 and b"screening aid" in page.read().lower()
+        finally:
+            server.terminate()
 
 
 @pytest.mark.parametrize(("argv", "extra"), [(["train"], "train"), (["data", "split"], "report")])

@@ -1,7 +1,8 @@
 """`skinscan train / compare / evaluate / export / qat / quantize / gate / card`: the model factory's verbs.
 
 Each command imports torch (or pandas, scikit-learn) inside itself, so `skinscan --help` and the runtime verbs
-work without the `train` extra.
+work without the extras, and first checks that its extra is installed (`require_extra`: `train` for torch or
+onnx, `report` for the reports), so a user without it reads what to install, not an ImportError.
 """
 
 from __future__ import annotations
