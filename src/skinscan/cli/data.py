@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from skinscan.cli.common import UsageError, add_data_arguments, data_source
+from skinscan.cli.common import UsageError, add_data_arguments, data_source, require_extra
 
 
 def add_data(verbs) -> None:
@@ -16,6 +16,7 @@ def add_data(verbs) -> None:
 
 
 def cmd_data_validate(args) -> int:
+    require_extra("report")
     from skinscan.factory.data import validate_dataset
     from skinscan.labels import load_label_set
 
@@ -34,6 +35,7 @@ def add_data_validate(data_verbs) -> None:
 
 
 def cmd_data_split(args) -> int:
+    require_extra("report")
     from skinscan.factory.data import lesion_grouped_split, read_metadata, require_known_labels, write_split
     from skinscan.labels import load_label_set
 
@@ -52,13 +54,16 @@ def add_data_split(data_verbs) -> None:
     """The `skinscan data split` options."""
     split = data_verbs.add_parser("split", help="lesion-grouped, diagnosis-stratified train/val/test CSV")
     add_data_arguments(split, labels=True)
-    split.add_argument("--out", type=Path, default=Path("runs/split.csv"))
-    split.add_argument("--fractions", type=float, nargs=3, default=(0.70, 0.15, 0.15), metavar=("TRAIN", "VAL", "TEST"))
-    split.add_argument("--seed", type=int, default=0)
+    split.add_argument("--out", type=Path, default=Path("runs/split.csv"),
+                       help="where the split CSV goes (default: %(default)s)")
+    split.add_argument("--fractions", type=float, nargs=3, default=(0.70, 0.15, 0.15), metavar=("TRAIN", "VAL", "TEST"),
+                       help="share of each diagnosis' lesions in train, val and test; sums to 1 (default: %(default)s)")
+    split.add_argument("--seed", type=int, default=0, help="random seed: the same seed and data give the same split")
     split.set_defaults(func=cmd_data_split)
 
 
 def cmd_data_folds(args) -> int:
+    require_extra("report")
     from skinscan.factory.data import cross_validation_folds, read_split, write_split
 
     folds = cross_validation_folds(read_split(args.split), folds=args.folds, seed=args.seed)
@@ -75,9 +80,10 @@ def add_data_folds(data_verbs) -> None:
     """The `skinscan data folds` options."""
     folds = data_verbs.add_parser("folds", help="K cross-validation train/val splits of a split's train+val part "
                                   "(its test part unchanged), to compare recipes on more than one val set")
-    folds.add_argument("--split", type=Path, default=Path("runs/split.csv"))
-    folds.add_argument("--folds", type=int, default=5)
-    folds.add_argument("--seed", type=int, default=0)
+    folds.add_argument("--split", type=Path, default=Path("runs/split.csv"),
+                       help="the split CSV from `skinscan data split` whose train+val part is folded")
+    folds.add_argument("--folds", type=int, default=5, help="number of folds K (at least 2)")
+    folds.add_argument("--seed", type=int, default=0, help="random seed: the same seed and split give the same folds")
     folds.add_argument("--out", type=Path, default=Path("runs/folds"), help="folder for fold-0.csv ... fold-K-1.csv")
     folds.set_defaults(func=cmd_data_folds)
 
@@ -96,6 +102,8 @@ def cmd_data_download(args) -> int:
 def add_data_download(data_verbs) -> None:
     """The `skinscan data download` options."""
     download = data_verbs.add_parser("download", help="download the full-resolution HAM10000 (Harvard Dataverse)")
-    download.add_argument("--out", type=Path, required=True)
-    download.add_argument("--base-url", default="https://dataverse.harvard.edu")
+    download.add_argument("--out", type=Path, required=True,
+                          help="folder to create the HAM10000 layout in (images/ and HAM10000_metadata.csv)")
+    download.add_argument("--base-url", default="https://dataverse.harvard.edu",
+                          help="Dataverse server to download from (default: %(default)s)")
     download.set_defaults(func=cmd_data_download)

@@ -1,7 +1,8 @@
 """`skinscan train / compare / evaluate / export / qat / quantize / gate / card`: the model factory's verbs.
 
 Each command imports torch (or pandas, scikit-learn) inside itself, so `skinscan --help` and the runtime verbs
-work without the `train` extra.
+work without the extras, and first checks that its extra is installed (`require_extra`: `train` for torch or
+onnx, `report` for the reports), so a user without it reads what to install, not an ImportError.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import os
 from pathlib import Path
 
 from skinscan import DISCLAIMER
-from skinscan.cli.common import UsageError, add_data_arguments, data_source, positive_float
+from skinscan.cli.common import UsageError, add_data_arguments, data_source, positive_float, require_extra
+from skinscan.paths import default_data_dir
 
 
 def add_factory_verbs(verbs) -> None:
@@ -19,6 +21,7 @@ def add_factory_verbs(verbs) -> None:
 
 
 def cmd_train(args) -> int:
+    require_extra("train")
     from skinscan.factory.augment import AugmentConfig
     from skinscan.factory.train import TrainConfig, train
     from skinscan.labels import load_label_set
@@ -51,21 +54,24 @@ def add_train(verbs) -> None:
     add_data_arguments(tr, metadata=False, labels=True)
     tr.add_argument("--split", type=Path, default=Path("runs/split.csv"),
                     help="the split CSV from `skinscan data split` (it carries the image ids, groups and labels)")
-    tr.add_argument("--out", type=Path, default=Path("runs/train"))
+    tr.add_argument("--out", type=Path, default=Path("runs/train"),
+                    help="run folder: config, log, metrics, checkpoints (default: %(default)s)")
     tr.add_argument("--arch", default="mobilenet_v3_small",
-                    choices=["mobilenet_v3_small", "mobilenet_v3_large", "mobilenet_v2"])
+                    choices=["mobilenet_v3_small", "mobilenet_v3_large", "mobilenet_v2"], help="network architecture")
     tr.add_argument("--pretrained", default="imagenet",
                     help="'imagenet' (torchvision download), a local state_dict .pth with its .json beside it, "
                          "or 'none' (random initialisation)")
     tr.add_argument("--input-size", type=int, nargs=2, default=(252, 336), metavar=("H", "W"),
                     help="network input (height, width); the default is 1.68x HAM10000's 150x200 source")
-    tr.add_argument("--resize", default="center_crop", choices=["center_crop", "stretch"])
+    tr.add_argument("--resize", default="center_crop", choices=["center_crop", "stretch"],
+                    help="how images reach the input size: crop to its aspect ratio first, or stretch")
     tr.add_argument("--warmup-epochs", type=int, default=1, help="head-only epochs with the backbone frozen")
     tr.add_argument("--epochs", type=int, default=12, help="full fine-tuning epochs")
-    tr.add_argument("--batch-size", type=int, default=64)
-    tr.add_argument("--lr", type=float, default=1e-3)
-    tr.add_argument("--weight-decay", type=float, default=0.05)
-    tr.add_argument("--label-smoothing", type=float, default=0.1)
+    tr.add_argument("--batch-size", type=int, default=64, help="images per training step")
+    tr.add_argument("--lr", type=float, default=1e-3,
+                    help="peak learning rate of the head (AdamW; the backbone's is lower)")
+    tr.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
+    tr.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing of the loss")
     tr.add_argument("--sampling-power", type=float, default=0.5,
                     help="class-balanced sampling strength: 0 natural, 0.5 square-root, 1 fully balanced")
     tr.add_argument("--logit-adjustment", type=float, default=1.0, help="tau of the logit-adjusted loss (0 = off)")
@@ -74,7 +80,7 @@ def add_train(verbs) -> None:
                          "steps, more than the default run on HAM10000 takes (the log says when it has no effect)")
     tr.add_argument("--zoom", type=float, nargs=2, default=(0.85, 1.35), metavar=("MIN", "MAX"),
                     help="random zoom range of the augmentation (>1 zooms in)")
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--seed", type=int, default=0, help="random seed (initialisation, sampling, augmentation)")
     tr.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
     tr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     tr.add_argument("--max-images", type=int, default=0, help="use only ~N images per split (smoke tests)")
@@ -86,7 +92,8 @@ def add_train(verbs) -> None:
                     help="distil from this trained checkpoint (repeat for an ensemble; same labels and input size)")
     tr.add_argument("--distill-weight", type=float, default=0.7,
                     help="share of the distillation term in the loss when --teacher is given")
-    tr.add_argument("--distill-temperature", type=float, default=2.0)
+    tr.add_argument("--distill-temperature", type=float, default=2.0,
+                    help="softmax temperature of the distillation term")
     tr.add_argument("--color-constancy", default="none", choices=["none", "shades-of-gray"],
                     help="shades-of-gray: divide out each image's illuminant estimate (Minkowski p=6) inside the "
                          "model, so export and the runtime apply it too (docs/RESULTS.md run J)")
@@ -107,6 +114,7 @@ def add_train(verbs) -> None:
 
 
 def cmd_compare(args) -> int:
+    require_extra("train")
     from skinscan.factory.compare import compare_checkpoints, format_comparison, write_comparison
 
     comparison = compare_checkpoints(args.checkpoint, data_source(args), args.split, part=args.part, tta=args.tta,
@@ -125,17 +133,19 @@ def add_compare(verbs) -> None:
     co.add_argument("--checkpoint", type=Path, action="append", required=True,
                     help="a training checkpoint; repeat for each model (the first is the reference)")
     add_data_arguments(co)
-    co.add_argument("--split", type=Path, default=Path("runs/split.csv"))
+    co.add_argument("--split", type=Path, default=Path("runs/split.csv"),
+                    help="the split CSV from `skinscan data split`")
     co.add_argument("--part", default="val", choices=["train", "val", "test"],
                     help="score on this part (default val: choose on val, look at test once)")
     co.add_argument("--tta", action="store_true", help="add rows with the 4 flips of each image averaged")
     co.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
     co.add_argument("--out", type=Path, default=None, help="also write the comparison as JSON here")
-    co.add_argument("--threads", type=int, default=0)
+    co.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
     co.set_defaults(func=cmd_compare)
 
 
 def cmd_evaluate(args) -> int:
+    require_extra("train")
     from skinscan.factory.evaluate import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(args.checkpoint, data_source(args), args.split, args.out, part=args.part,
@@ -154,17 +164,20 @@ def cmd_evaluate(args) -> int:
 def add_evaluate(verbs) -> None:
     """The `skinscan evaluate` options."""
     ev = verbs.add_parser("evaluate", help="ISIC-challenge metrics, plots and a report for a checkpoint")
-    ev.add_argument("--checkpoint", type=Path, default=Path("runs/train/best.pt"))
+    ev.add_argument("--checkpoint", type=Path, default=Path("runs/train/best.pt"), help="training checkpoint")
     add_data_arguments(ev)
-    ev.add_argument("--split", type=Path, default=Path("runs/split.csv"))
-    ev.add_argument("--part", default="test", choices=["train", "val", "test"])
-    ev.add_argument("--out", type=Path, default=Path("runs/evaluation"))
+    ev.add_argument("--split", type=Path, default=Path("runs/split.csv"),
+                    help="the split CSV from `skinscan data split`")
+    ev.add_argument("--part", default="test", choices=["train", "val", "test"], help="split part to score")
+    ev.add_argument("--out", type=Path, default=Path("runs/evaluation"),
+                    help="folder for report.md, metrics.json and the plots")
     ev.add_argument("--tta", action="store_true", help="average the 4 flips of each image")
-    ev.add_argument("--threads", type=int, default=0)
+    ev.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
     ev.set_defaults(func=cmd_evaluate)
 
 
 def cmd_export(args) -> int:
+    require_extra("train")
     from skinscan.factory.export import build_package
 
     metadata = build_package(args.checkpoint, args.images or args.data, args.split, args.out, threads=args.threads)
@@ -177,15 +190,17 @@ def cmd_export(args) -> int:
 def add_export(verbs) -> None:
     """The `skinscan export` options."""
     ex = verbs.add_parser("export", help="checkpoint -> model package (ONNX with calibration, ORT Mobile form)")
-    ex.add_argument("--checkpoint", type=Path, default=Path("runs/train/best.pt"))
+    ex.add_argument("--checkpoint", type=Path, default=Path("runs/train/best.pt"), help="training checkpoint")
     add_data_arguments(ex, metadata=False)
-    ex.add_argument("--split", type=Path, default=Path("runs/split.csv"))
-    ex.add_argument("--out", type=Path, default=Path("runs/package"))
-    ex.add_argument("--threads", type=int, default=0)
+    ex.add_argument("--split", type=Path, default=Path("runs/split.csv"),
+                    help="the split CSV; its val part fits the calibration and thresholds")
+    ex.add_argument("--out", type=Path, default=Path("runs/package"), help="model package folder to write")
+    ex.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
     ex.set_defaults(func=cmd_export)
 
 
 def cmd_qat(args) -> int:
+    require_extra("train")
     from skinscan.factory.qat import quantization_aware_finetune
 
     best = quantization_aware_finetune(args.checkpoint, args.out, args.images or args.data, args.split,
@@ -199,17 +214,20 @@ def cmd_qat(args) -> int:
 def add_qat(verbs) -> None:
     """The `skinscan qat` options."""
     qa = verbs.add_parser("qat", help="quantization-aware fine-tuning of a checkpoint (INT8 simulated)")
-    qa.add_argument("--checkpoint", type=Path, default=Path("runs/train/best.pt"))
+    qa.add_argument("--checkpoint", type=Path, default=Path("runs/train/best.pt"),
+                    help="training checkpoint to fine-tune")
     add_data_arguments(qa, metadata=False)
-    qa.add_argument("--split", type=Path, default=Path("runs/split.csv"))
-    qa.add_argument("--out", type=Path, default=Path("runs/qat"))
-    qa.add_argument("--epochs", type=int, default=2)
-    qa.add_argument("--lr", type=float, default=1e-4)
-    qa.add_argument("--threads", type=int, default=0)
+    qa.add_argument("--split", type=Path, default=Path("runs/split.csv"),
+                    help="the split CSV from `skinscan data split`")
+    qa.add_argument("--out", type=Path, default=Path("runs/qat"), help="run folder for the checkpoint and its history")
+    qa.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs")
+    qa.add_argument("--lr", type=float, default=1e-4, help="learning rate")
+    qa.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
     qa.set_defaults(func=cmd_qat)
 
 
 def cmd_quantize(args) -> int:
+    require_extra("train")
     from skinscan.factory.quantize import quantize_package
 
     report = quantize_package(args.model, args.data, args.split, part=args.part,
@@ -228,12 +246,12 @@ def cmd_quantize(args) -> int:
 
 def add_quantize(verbs) -> None:
     """The `skinscan quantize` options."""
-    from skinscan.factory.data import default_data_dir
-
     qu = verbs.add_parser("quantize", help="add a static INT8 model to a package; accuracy/latency report")
     qu.add_argument("--model", type=Path, default=Path("runs/package"), help="model package folder")
-    qu.add_argument("--data", type=Path, default=default_data_dir())
-    qu.add_argument("--split", type=Path, default=Path("runs/split.csv"))
+    qu.add_argument("--data", type=Path, default=default_data_dir(),
+                    help="HAM10000-style data folder the split's images are in (default: %(default)s)")
+    qu.add_argument("--split", type=Path, default=Path("runs/split.csv"),
+                    help="the split CSV from `skinscan data split`")
     qu.add_argument("--part", default="test", choices=["val", "test"], help="split part the report scores")
     qu.add_argument("--calibration-images", type=int, default=256, help="training images used to calibrate")
     qu.add_argument("--method", default="MinMax", choices=["MinMax", "Percentile", "Entropy"],
@@ -242,11 +260,12 @@ def add_quantize(verbs) -> None:
     qu.add_argument("--float-blocks", type=int, default=None, metavar="N",
                     help="keep the stem and the first N-1 blocks in float "
                     "(default: 6; see skinscan/factory/quantize.py)")
-    qu.add_argument("--seed", type=int, default=0)
+    qu.add_argument("--seed", type=int, default=0, help="random seed of the calibration images' sample")
     qu.set_defaults(func=cmd_quantize)
 
 
 def cmd_gate(args) -> int:
+    require_extra("report")
     from skinscan.factory.gate_report import format_gate_report, gate_report
     from skinscan.runtime.classifier import ModelPackageError
 
@@ -261,18 +280,19 @@ def cmd_gate(args) -> int:
 
 def add_gate(verbs) -> None:
     """The `skinscan gate` options."""
-    from skinscan.factory.data import default_data_dir
-
     ga = verbs.add_parser("gate", help="measure the 'cannot assess' gate: lesions, non-lesion images, degradations")
     ga.add_argument("--model", type=Path, default=Path("runs/package"), help="model package folder")
-    ga.add_argument("--data", type=Path, default=default_data_dir())
-    ga.add_argument("--split", type=Path, default=Path("runs/split.csv"))
-    ga.add_argument("--part", default="test", choices=["val", "test"])
+    ga.add_argument("--data", type=Path, default=default_data_dir(),
+                    help="HAM10000-style data folder the split's images are in (default: %(default)s)")
+    ga.add_argument("--split", type=Path, default=Path("runs/split.csv"),
+                    help="the split CSV from `skinscan data split`")
+    ga.add_argument("--part", default="test", choices=["val", "test"], help="split part whose lesions are measured")
     ga.add_argument("--max-images", type=int, default=0, help="only the first N lesions of the part (tests)")
     ga.set_defaults(func=cmd_gate)
 
 
 def cmd_card(args) -> int:
+    require_extra("report")
     from skinscan.factory.model_card import write_model_card
 
     notes = Path(args.notes).read_text() if args.notes else ""
@@ -284,7 +304,7 @@ def cmd_card(args) -> int:
 def add_card(verbs) -> None:
     """The `skinscan card` options."""
     ca = verbs.add_parser("card", help="write MODEL_CARD.md into a package from the measured numbers")
-    ca.add_argument("--model", type=Path, default=Path("runs/package"))
+    ca.add_argument("--model", type=Path, default=Path("runs/package"), help="model package folder")
     ca.add_argument("--evaluation", type=Path, default=Path("runs/evaluation"), help="folder with metrics.json")
     ca.add_argument("--command", default="bash scripts/reproduce.sh", help="the command that reproduces the model")
     ca.add_argument("--notes", type=Path, help="markdown file appended to the reproduction section")

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from skinscan import DISCLAIMER
-from skinscan.cli.common import UsageError, positive_int
+from skinscan.cli.common import UsageError, positive_int, require_extra
 
 
 def add_runtime_verbs(verbs) -> None:
@@ -57,10 +57,7 @@ def cmd_predict(args) -> int:
                 batch = classifier.classify_arrays(np.stack(arrays), sources, sizes)
                 predictions += batch
                 if args.explain is not None:
-                    from skinscan.runtime.explain import (  # loads matplotlib, only for --explain
-                        overlay_path,
-                        save_overlay,
-                    )
+                    from skinscan.runtime.explain import overlay_path, save_overlay
 
                     for array, prediction in zip(arrays, batch, strict=True):
                         if not prediction.assessable:  # no diagnosis, so no map of where it came from
@@ -143,7 +140,8 @@ def add_predict(verbs) -> None:
     output.add_argument("--json", action="store_true", help="one JSON document on stdout")
     output.add_argument("--csv", action="store_true", help="CSV on stdout: one row per image, every probability")
     pr.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime threads (default: all cores)")
-    pr.add_argument("--batch-size", type=positive_int, default=16)
+    pr.add_argument("--batch-size", type=positive_int, default=16,
+                    help="images per ONNX Runtime call (more: a little faster, more memory)")
     pr.add_argument("--explain", type=Path, metavar="OUT_DIR", default=None,
                     help="also write one PNG per image into OUT_DIR: the image under a Grad-CAM heatmap of where "
                          "the model looked for its top diagnosis (needs a package exported with the `cam` output)")
@@ -213,8 +211,14 @@ def cmd_benchmark(args) -> int:
     from skinscan.runtime.benchmark import format_table, run_benchmark, stderr_progress, write_json
     from skinscan.runtime.manifest import IntegrityError
 
+    eager = None
+    if args.checkpoint is not None:
+        require_extra("train")
+        from skinscan.factory.eager import load_eager_engine
+
+        eager = load_eager_engine(args.checkpoint)
     try:
-        report = run_benchmark(args.model, args.checkpoint, threads=args.threads, batches=args.batch,
+        report = run_benchmark(args.model, eager, threads=args.threads, batches=args.batch,
                                iterations=args.iterations, warmup=args.warmup, rounds=args.rounds,
                                progress=stderr_progress)
     except IntegrityError as error:
@@ -229,7 +233,7 @@ def add_benchmark(verbs) -> None:
     be = verbs.add_parser("benchmark", help="latency and throughput: PyTorch eager vs ONNX FP32 vs INT8, sizes")
     be.add_argument("--model", type=Path, default=None, help="model package folder (default: the bundled package)")
     be.add_argument("--checkpoint", type=Path, default=None,
-                    help="training checkpoint: adds the PyTorch eager engine (needs torch)")
+                    help="training checkpoint: adds the PyTorch eager engine (needs the `train` extra)")
     be.add_argument("--threads", type=positive_int, nargs="+", default=None,
                     help="thread counts to measure (default: 1 and all cores)")
     be.add_argument("--batch", type=positive_int, nargs="+", default=[1], help="batch sizes to measure")
@@ -258,6 +262,6 @@ def add_app(verbs) -> None:
     ap = verbs.add_parser("app", help="serve the offline camera web app (screening runs in the browser)")
     ap.add_argument("--host", default="127.0.0.1",
                     help="address to listen on; anything but loopback makes the page reachable from the network")
-    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port)")
     ap.add_argument("--model", type=Path, default=None, help="model package folder (default: the bundled package)")
     ap.set_defaults(func=cmd_app)

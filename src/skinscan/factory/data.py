@@ -20,9 +20,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from skinscan.labels import HAM10000, LabelSet
+from skinscan.paths import METADATA_FILE, default_data_dir  # noqa: F401 (default_data_dir: callers import it here)
 from skinscan.runtime.preprocess import PreprocessConfig, preprocess
 
-METADATA_FILE = "HAM10000_metadata.csv"
 IMAGE_DIR = "images"
 REQUIRED_COLUMNS = ("lesion_id", "image_id", "dx")  # skinscan's names for the group, image id and diagnosis
 SPLITS = ("train", "val", "test")
@@ -69,18 +69,6 @@ def as_source(data: str | Path | DataSource) -> DataSource:
     folder = Path(data)
     image_dir = folder / IMAGE_DIR if (folder / IMAGE_DIR).is_dir() else folder
     return DataSource(image_dir=image_dir, metadata=folder / METADATA_FILE)
-
-
-def default_data_dir() -> Path:
-    """`$SKINSCAN_DATA`, else `../shared/data/ham10000` next to the working directory or the repository."""
-    if os.environ.get("SKINSCAN_DATA"):
-        return Path(os.environ["SKINSCAN_DATA"])
-    relative = Path("../shared/data/ham10000")
-    candidates = [Path.cwd() / relative, Path(__file__).resolve().parents[3] / relative]
-    for candidate in candidates:
-        if (candidate / METADATA_FILE).is_file():
-            return candidate.resolve()
-    return candidates[0]
 
 
 COLUMN_OPTIONS = {"image_id": "the image id, --id-column", "lesion_id": "the lesion/patient group, --group-column",

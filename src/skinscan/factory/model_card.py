@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import onnx
+import onnxruntime as ort
 
 from skinscan import DISCLAIMER
-from skinscan.factory.onnx_metadata import read_metadata
 from skinscan.factory.report import render_markdown
 
 
@@ -155,9 +154,18 @@ def _in_graph_preprocessing(model: dict) -> str:
     return "normalisation inside the graph"
 
 
+def package_metadata(model_path: Path) -> dict:
+    """Every metadata entry of the ONNX file, parsed from its JSON string.
+
+    Read with ONNX Runtime, not the onnx package, so `skinscan card` needs only the `report` extra.
+    """
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    return {key: json.loads(value) for key, value in session.get_modelmeta().custom_metadata_map.items()}
+
+
 def render_model_card(package_dir: str | Path, metrics: dict, command: str, notes: str = "") -> str:
     package_dir = Path(package_dir)
-    meta = read_metadata(onnx.load(str(package_dir / "skinscan.onnx")))
+    meta = package_metadata(package_dir / "skinscan.onnx")
     quantization_path = package_dir / "quantization.json"
     quantization = json.loads(quantization_path.read_text()) if quantization_path.is_file() else None
     gate_path = package_dir / "gate.json"
