@@ -43,6 +43,10 @@ def cmd_data_split(args) -> int:
     from skinscan.data import lesion_grouped_split, read_metadata, require_known_labels, write_split
     from skinscan.labels import load_label_set
 
+    if args.source:
+        return _multi_source_split(args)
+    if args.external:
+        raise UsageError("--external sets lesions of a named source apart: use it with --source NAME=FOLDER")
     source = data_source(args)
     metadata = read_metadata(source)
     require_known_labels(metadata.dx, load_label_set(args.labels), str(source.metadata))
@@ -54,13 +58,36 @@ def cmd_data_split(args) -> int:
     return 0
 
 
+def _multi_source_split(args) -> int:
+    """`skinscan data split --source NAME=FOLDER ...`: several sources, each checked and split by lesion."""
+    from skinscan.data import write_split
+    from skinscan.labels import load_label_set
+    from skinscan.sources import ExternalRule, multi_source_split, parse_source, split_counts
+
+    sources = [parse_source(text) for text in args.source]
+    rules = [ExternalRule.parse(text) for text in args.external]
+    split = multi_source_split(sources, load_label_set(args.labels), fractions=args.fractions, seed=args.seed,
+                               external=rules, check_images=not args.skip_image_check, threads=args.threads)
+    path = write_split(split, args.out, sources=sources)
+    print(split_counts(split).to_string())
+    print(f"\n{split.lesion_id.nunique()} lesions, {len(split)} images from {len(sources)} source(s) -> {path} "
+          f"(image folders: {path.with_name(path.stem + '.sources.json')})")
+    return 0
+
+
 def cmd_data_folds(args) -> int:
     from skinscan.data import cross_validation_folds, read_split, write_split
 
-    folds = cross_validation_folds(read_split(args.split), folds=args.folds, seed=args.seed)
+    split = read_split(args.split)
+    folds = cross_validation_folds(split, folds=args.folds, seed=args.seed)
+    sources = None
+    if "source" in split.columns:  # each fold file carries the sidecar saying where the sources' images are
+        from skinscan.sources import read_sources
+
+        sources = list(read_sources(args.split).values())
     for k, fold in enumerate(folds):
         val = fold[fold.split == "val"]
-        path = write_split(fold, args.out / f"fold-{k}.csv")
+        path = write_split(fold, args.out / f"fold-{k}.csv", sources=sources)
         print(f"{path}: val {len(val)} images of {val.lesion_id.nunique()} lesions "
               f"({', '.join(f'{dx} {n}' for dx, n in val.dx.value_counts().sort_index().items())})")
     print(f"test part unchanged from {args.split}; train each fold with `skinscan train --split FOLD.csv`")
@@ -121,10 +148,13 @@ def cmd_compare(args) -> int:
 
 # -------------------------------------------------------------------------------------------- evaluate
 def cmd_evaluate(args) -> int:
+    if args.model is not None:
+        return _evaluate_package(args)
     from skinscan.evaluate import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(args.checkpoint, data_source(args), args.split, args.out, part=args.part,
                                   tta=args.tta, threads=args.threads)
+    _print_per_collection(metrics)
     melanoma = metrics["per_class"].get("mel")
     headline = (f"{args.part}: balanced accuracy {metrics['balanced_accuracy']:.3f}, macro AUC "
                 f"{metrics['macro_auc']:.3f}, "
@@ -134,6 +164,44 @@ def cmd_evaluate(args) -> int:
     print(f"report: {Path(args.out) / 'report.md'} (metrics.json, plots)")
     print(DISCLAIMER)
     return 0
+
+
+def _evaluate_package(args) -> int:
+    """`skinscan evaluate --model PKG`: score a model package (ONNX Runtime, torch-free) on one split part."""
+    from skinscan.manifest import IntegrityError
+    from skinscan.package_evaluation import evaluate_package
+    from skinscan.runtime import ModelPackageError
+
+    if args.tta:
+        raise UsageError("--tta needs a checkpoint; a package is scored as `skinscan predict` runs it")
+    model = None if str(args.model) == "bundled" else args.model
+    try:
+        metrics = evaluate_package(model, args.split, args.out, part=args.part, precision=args.precision,
+                                   data=data_source(args), threads=args.threads or None,
+                                   max_images=args.max_images)
+    except (ModelPackageError, IntegrityError) as error:
+        raise UsageError(str(error)) from None
+    _print_per_collection(metrics)
+    gate = metrics["gate"]
+    print(f"{args.part} ({metrics['package']['precision']}): balanced accuracy {metrics['balanced_accuracy']:.3f}"
+          f" (over the classes present), melanoma AUC {_number(metrics['per_class'].get('mel', {}).get('auc'))}"
+          + (f"; gate turned away {gate['turned_away']} of {gate['n']}" if gate else ""))
+    print(f"report: {Path(args.out) / 'report.md'} (metrics.json, predictions.csv, plots)")
+    print(DISCLAIMER)
+    return 0
+
+
+def _number(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _print_per_collection(metrics: dict) -> None:
+    for name, row in (metrics.get("per_collection") or {}).items():
+        away = row.get("turned_away")
+        print(f"  {name}: n {row['n']}, classes {'/'.join(row['classes_present'])}, balanced accuracy "
+              f"{_number(row['balanced_accuracy'])}, melanoma AUC {_number(row['melanoma_auc'])}, sensitivity at 80% "
+              f"specificity {_number(row['melanoma_sensitivity_at_80_specificity'])}, ECE {_number(row['ece'])}"
+              + ("" if away is None else f", turned away {away:.1%}"))
 
 
 # ---------------------------------------------------------------------------------------------- export
@@ -323,7 +391,7 @@ def cmd_card(args) -> int:
     from skinscan.model_card import write_model_card
 
     notes = Path(args.notes).read_text() if args.notes else ""
-    path = write_model_card(args.model, args.evaluation, args.command, notes)
+    path = write_model_card(args.model, args.evaluation, args.command, notes, external_dir=args.external_evaluation)
     print(f"model card: {path}")
     return 0
 
@@ -399,6 +467,19 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--out", type=Path, default=Path("runs/split.csv"))
     split.add_argument("--fractions", type=float, nargs=3, default=(0.70, 0.15, 0.15), metavar=("TRAIN", "VAL", "TEST"))
     split.add_argument("--seed", type=int, default=0)
+    split.add_argument("--source", action="append", default=[], metavar="NAME=FOLDER[,metadata=CSV,...]",
+                       help="a source of a multi-source split (repeat it; replaces --data/--images/--metadata): "
+                            "FOLDER has images/ (or is the image folder) and HAM10000_metadata.csv or metadata.csv; "
+                            "options metadata=, images=, id_column=, group_column=, label_column=. Each source is "
+                            "checked row by row and split by lesion on its own; the split gains source and "
+                            "collection columns and a SPLIT.sources.json beside it that later steps read")
+    split.add_argument("--external", action="append", default=[], metavar="SOURCE:COLUMN=VALUE",
+                       help="put the lesions of SOURCE with an image whose metadata COLUMN is VALUE in the "
+                            "'external' part, which no model trains, selects or calibrates on, e.g. "
+                            "isic2019_extra:width=256 (the ISIC 2017-era images); repeatable")
+    split.add_argument("--skip-image-check", action="store_true",
+                       help="with --source: check that each image exists but do not decode it")
+    split.add_argument("--threads", type=int, default=2, help="threads decoding images to check them")
     split.set_defaults(func=cmd_data_split)
     folds = data_verbs.add_parser("folds", help="K cross-validation train/val splits of a split's train+val part "
                                   "(its test part unchanged), to compare recipes on more than one val set")
@@ -474,10 +555,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", type=Path, default=Path("runs/train/best.pt"))
     add_data_arguments(ev)
     ev.add_argument("--split", type=Path, default=Path("runs/split.csv"))
-    ev.add_argument("--part", default="test", choices=["train", "val", "test"])
+    ev.add_argument("--part", default="test", choices=["train", "val", "test", "external"],
+                    help="split part to score; 'external' is the collection set apart by `data split --external`")
     ev.add_argument("--out", type=Path, default=Path("runs/evaluation"))
     ev.add_argument("--tta", action="store_true", help="average the 4 flips of each image")
     ev.add_argument("--threads", type=int, default=0)
+    ev.add_argument("--model", type=Path, default=None, metavar="PACKAGE",
+                    help="score a model package instead of --checkpoint, with ONNX Runtime as `skinscan predict` "
+                         "runs it (its own temperature and gate; no torch); 'bundled' for the bundled package")
+    ev.add_argument("--precision", default="auto", choices=["auto", "int8", "fp32"],
+                    help="with --model: which ONNX file of the package (auto = int8 when present)")
+    ev.add_argument("--max-images", type=int, default=0, help="with --model: only the first N images (smoke tests)")
     ev.set_defaults(func=cmd_evaluate)
     co = verbs.add_parser("compare", help="several checkpoints (seeds, recipes) and their ensemble on one split, "
                                           "with paired bootstrap intervals against the first")
@@ -537,6 +625,9 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--evaluation", type=Path, default=Path("runs/evaluation"), help="folder with metrics.json")
     ca.add_argument("--command", default="bash scripts/reproduce.sh", help="the command that reproduces the model")
     ca.add_argument("--notes", type=Path, help="markdown file appended to the reproduction section")
+    ca.add_argument("--external-evaluation", type=Path, default=None, metavar="DIR",
+                    help="folder with the metrics.json of `skinscan evaluate --part external`: its per-collection "
+                         "table becomes the card's external-validation section")
     ca.set_defaults(func=cmd_card)
 
     pr = verbs.add_parser("predict", help="classify images with a model package (ONNX Runtime, no torch)")
