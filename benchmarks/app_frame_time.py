@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from skinscan.benchmark import write_json
-from skinscan.data import default_data_dir
-from skinscan.runtime import bundled_package_dir
+from skinscan.factory.data import default_data_dir
+from skinscan.runtime.benchmark import write_json
+from skinscan.runtime.classifier import bundled_package_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = ROOT / "tests" / "browser" / "drive_app.mjs"

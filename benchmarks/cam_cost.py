@@ -1,7 +1,7 @@
 """What the in-graph Grad-CAM output (`cam`) costs: a model package's latency with it and without it.
 
 For each precision, the package's graph runs as shipped and as a copy with the `cam` output and the nodes
-only it needs removed (`onnx.utils.Extractor`), in one interleaved run (`skinscan.benchmark`), 1 thread,
+only it needs removed (`onnx.utils.Extractor`), in one interleaved run (`skinscan.runtime.benchmark`), 1 thread,
 batch 1 by default. A third engine runs the shipped graph fetching only `probabilities`: ONNX Runtime runs
 every node whatever is fetched, so clients that ignore the map still pay for it, and this shows it.
 
@@ -27,9 +27,9 @@ import numpy as np
 import onnx
 from onnx.utils import Extractor
 
-from skinscan.benchmark import cpu_name, interleaved_latency, model_input_size, onnx_session, write_json
-from skinscan.quantize import explanation_only_nodes
-from skinscan.runtime import CAM, FP32_FILE, INPUT_NAME, INT8_FILE, PROBABILITIES, bundled_package_dir
+from skinscan.factory.quantize import explanation_only_nodes
+from skinscan.runtime.benchmark import cpu_name, interleaved_latency, model_input_size, onnx_session, write_json
+from skinscan.runtime.classifier import CAM, FP32_FILE, INPUT_NAME, INT8_FILE, PROBABILITIES, bundled_package_dir
 
 
 def without_cam(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -4,22 +4,22 @@
         [--batch 256] [--steps 30] [--chunk 5] [--warmup 3] [--rounds 3] [--configs NAME ...]
         [--compile-backend inductor] [--json out.json]
 
-Every configuration runs the training step of `skinscan.train.train_one_epoch` on the same random uint8
+Every configuration runs the training step of `skinscan.factory.train.train_one_epoch` on the same random uint8
 batches (speed does not depend on pixel values or weights): host batch -> device through pinned memory
-(`skinscan.train.to_device`) -> `augment_batch` on the device -> forward -> label-smoothed cross-entropy ->
+(`skinscan.factory.train.to_device`) -> `augment_batch` on the device -> forward -> label-smoothed cross-entropy ->
 backward (loss scaling under fp16) -> AdamW. The configurations (`--configs`):
 
   eager-fp32        NCHW contiguous, fp32, eager: the baseline every ratio is measured against, in this run
   channels_last     + channels_last memory format (what skinscan trains with)
-  autocast          + autocast at skinscan's dtype (`skinscan.train.autocast_dtype`: bf16 on GPUs that have it,
+  autocast          + autocast at skinscan's dtype (`skinscan.factory.train.autocast_dtype`: bf16 on GPUs that have it,
                     else fp16); on a CPU, bf16 CPU autocast, which skinscan's training leaves off (it is slower
                     there: this row shows by how much)
   autocast+compile  + torch.compile of the network, as `skinscan train --compile` does (`compile_for_training`)
 
 Each timed call is `--chunk` steps followed by one device synchronisation (training, too, reads the loss back
-only every `skinscan.train.SYNC_EVERY` steps, so the host prepares the next batch while the GPU computes);
+only every `skinscan.factory.train.SYNC_EVERY` steps, so the host prepares the next batch while the GPU computes);
 the configurations take turns in rounds
-and each keeps its best round's median (`skinscan.benchmark.interleaved_latency`), so background load hits
+and each keeps its best round's median (`skinscan.runtime.benchmark.interleaved_latency`), so background load hits
 all of them alike. Warm-up calls are untimed: the compile configuration compiles during its first warm-up
 call (minutes: 197 s for MobileNetV3-Small on our 2-core CPU), so `--warmup` must be at least 1.
 
@@ -39,10 +39,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from skinscan.augment import AugmentConfig, augment_batch
-from skinscan.benchmark import cpu_name, interleaved_latency, write_json
-from skinscan.model import create_model
-from skinscan.train import autocast_dtype, compile_for_training, select_device, to_device
+from skinscan.factory.augment import AugmentConfig, augment_batch
+from skinscan.factory.model import create_model
+from skinscan.factory.train import autocast_dtype, compile_for_training, select_device, to_device
+from skinscan.runtime.benchmark import cpu_name, interleaved_latency, write_json
 
 CONFIGS = {
     "eager-fp32": "NCHW contiguous, fp32, eager (the baseline)",

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from skinscan.benchmark import write_json
-from skinscan.runtime import FP32_FILE, INPUT_NAME, INT8_FILE, PROBABILITIES, bundled_package_dir
+from skinscan.runtime.benchmark import write_json
+from skinscan.runtime.classifier import FP32_FILE, INPUT_NAME, INT8_FILE, PROBABILITIES, bundled_package_dir
 
 
 def kernel_profile(model_path: Path, runs: int, prefix: str) -> dict:

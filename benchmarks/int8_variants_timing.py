@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from skinscan.benchmark import onnx_session, timed_turns, write_json
-from skinscan.data import default_data_dir, load_split_images
+from skinscan.factory.data import default_data_dir, load_split_images
+from skinscan.factory.metrics import classification_metrics
+from skinscan.factory.onnx_metadata import read_metadata
+from skinscan.factory.quantize import onnx_probabilities, quantize_package_model, sample_calibration_images
 from skinscan.labels import LabelSet
-from skinscan.metrics import classification_metrics
-from skinscan.onnx_metadata import read_metadata
-from skinscan.quantize import onnx_probabilities, quantize_package_model, sample_calibration_images
-from skinscan.runtime import FP32_FILE, INPUT_NAME, INT8_FILE, Classifier, bundled_package_dir
+from skinscan.runtime.benchmark import onnx_session, timed_turns, write_json
+from skinscan.runtime.classifier import FP32_FILE, INPUT_NAME, INT8_FILE, Classifier, bundled_package_dir
 
 
 def interleaved_times(sessions: dict, image: np.ndarray, iterations: int, warmup: int = 20) -> dict:

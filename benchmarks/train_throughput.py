@@ -3,13 +3,13 @@
     python benchmarks/train_throughput.py [--arch mobilenet_v3_small] [--size 168 224] [--batch 64] [--steps 10]
                                           [--json out.json]
 
-skinscan: a uint8 NHWC batch -> `skinscan.augment.augment_batch` (one affine grid_sample and one colour
+skinscan: a uint8 NHWC batch -> `skinscan.factory.augment.augment_batch` (one affine grid_sample and one colour
 matmul for the whole batch) -> forward/backward/AdamW on a channels_last model, as `train_one_epoch` does.
 baseline: the conventional recipe: each image as a PIL image through torchvision.transforms.v2
 (RandomResizedCrop, flips, RandomRotation, ColorJitter, to tensor), stacked into an NCHW contiguous batch,
 the same model in the default memory format. Both run in this process on the same images and thread count
 (no DataLoader workers: on a 2-core machine they would compete with the model for the same cores).
-The two pipelines' steps alternate in rounds and each keeps its best round (`skinscan.benchmark`), so
+The two pipelines' steps alternate in rounds and each keeps its best round (`skinscan.runtime.benchmark`), so
 background load hits both alike. The model is randomly initialised: speed does not depend on the weights.
 """
 
@@ -26,11 +26,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms import v2
 
-from skinscan.augment import AugmentConfig, augment_batch, to_model_input
-from skinscan.benchmark import cpu_name, interleaved_latency, write_json
-from skinscan.data import default_data_dir
-from skinscan.model import create_model
-from skinscan.preprocess import PreprocessConfig, preprocess
+from skinscan.factory.augment import AugmentConfig, augment_batch, to_model_input
+from skinscan.factory.data import default_data_dir
+from skinscan.factory.model import create_model
+from skinscan.runtime.benchmark import cpu_name, interleaved_latency, write_json
+from skinscan.runtime.preprocess import PreprocessConfig, preprocess
 
 MEASURES = {
     "train_step": "train step (augment + forward/backward + AdamW)",

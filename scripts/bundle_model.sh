@@ -8,4 +8,4 @@ for f in skinscan.onnx skinscan-int8.onnx skinscan-int8.ort skinscan-int8.requir
          quantization.json gate.json MODEL_CARD.md; do
     cp "$PACKAGE/$f" src/skinscan/models/
 done
-.venv/bin/python -c "from skinscan.manifest import write_manifest; print(write_manifest('src/skinscan/models'))"
+.venv/bin/python -c "from skinscan.runtime.manifest import write_manifest; print(write_manifest('src/skinscan/models'))"

@@ -26,7 +26,7 @@ from sklearn.metrics import balanced_accuracy_score, recall_score, roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from skinscan.data import DatasetError, default_data_dir, read_metadata
+from skinscan.factory.data import DatasetError, default_data_dir, read_metadata
 
 ARMS = ("network argmax", "stacked: logits", "stacked: logits + age, sex, site")
 

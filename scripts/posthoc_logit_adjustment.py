@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score
 
-from skinscan.data import default_data_dir, read_split
-from skinscan.evaluate import checkpoint_model_and_data
-from skinscan.train import checkpoint_labels, predict_logits
+from skinscan.factory.data import default_data_dir, read_split
+from skinscan.factory.evaluate import checkpoint_model_and_data
+from skinscan.factory.train import checkpoint_labels, predict_logits
 
 
 def main() -> None:

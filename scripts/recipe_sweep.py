@@ -42,7 +42,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from skinscan.train import selection_score
+from skinscan.factory.train import selection_score
 
 
 @dataclass

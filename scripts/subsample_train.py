@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from skinscan.data import lesion_grouped_split, read_split, write_split
+from skinscan.factory.data import lesion_grouped_split, read_split, write_split
 
 
 def subsample_train(split: pd.DataFrame, fraction: float, seed: int = 0) -> pd.DataFrame:

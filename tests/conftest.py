@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from skinscan.data import METADATA_FILE, default_data_dir, lesion_grouped_split, read_metadata, write_split
+from skinscan.factory.data import METADATA_FILE, default_data_dir, lesion_grouped_split, read_metadata, write_split
 
 
 @pytest.fixture(scope="session")

@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from skinscan.app_server import CONTENT_SECURITY_POLICY, AppFiles, app_dir, make_server, network_warning
 from skinscan.cli import main
-from skinscan.manifest import write_manifest
-from skinscan.preprocess import PreprocessConfig, resize_to_input
-from skinscan.runtime import FP32_FILE, Classifier, bundled_package_dir
+from skinscan.runtime.app_server import CONTENT_SECURITY_POLICY, AppFiles, app_dir, make_server, network_warning
+from skinscan.runtime.classifier import FP32_FILE, Classifier, bundled_package_dir
+from skinscan.runtime.manifest import write_manifest
+from skinscan.runtime.preprocess import PreprocessConfig, resize_to_input
 
 BROWSER_DIR = Path(__file__).parent / "browser"
 DRIVER = BROWSER_DIR / "drive_app.mjs"
@@ -41,8 +41,8 @@ def package(tmp_path_factory) -> Path:
     """A small random-weight model package (FP32 + manifest): enough for the server and integrity tests."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnx")
-    from skinscan.export import export_onnx, package_metadata
-    from skinscan.model import create_model
+    from skinscan.factory.export import export_onnx, package_metadata
+    from skinscan.factory.model import create_model
 
     torch.manual_seed(0)
     model = create_model("mobilenet_v3_small").eval()
@@ -225,10 +225,10 @@ def test_app_verb_refuses_a_folder_that_is_not_a_package(tmp_path, capsys):
 
 
 def test_app_server_imports_no_torch(package):
-    code = ("import sys; import skinscan.app_server, skinscan.cli; skinscan.cli.build_parser(); "
-            f"skinscan.app_server.make_server('127.0.0.1', 0, {str(package)!r}).server_close(); "
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or m in "
-            "('skinscan.model', 'skinscan.train', 'skinscan.export')); print(bad); sys.exit(1 if bad else 0)")
+    code = ("import sys; import skinscan.runtime.app_server, skinscan.cli; skinscan.cli.build_parser(); "
+            f"skinscan.runtime.app_server.make_server('127.0.0.1', 0, {str(package)!r}).server_close(); "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or m.startswith('skinscan.factory')); "
+            "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -523,7 +523,7 @@ def test_flag_follows_the_package_threshold(package, tmp_path):
 
 
 def test_cannot_assess_follows_the_package_gate(bundled, tmp_path):
-    """The app walks the package's `skinscan.assess` checks like skinscan/assess.py: here every image is "too
+    """The app walks the package's `skinscan.assess` checks like skinscan/runtime/assess.py: here every image is "too
     dark" (the line moved above white), so a photo is answered with that reason, not a diagnosis."""
     if not bundled.has_assess:
         pytest.skip("the bundled package predates the gate")

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from skinscan.benchmark import compare_latency, interleaved_latency, measure_latency
 from skinscan.cli import main
-from skinscan.manifest import write_manifest
-from skinscan.runtime import FP32_FILE, INT8_FILE
+from skinscan.runtime.benchmark import compare_latency, interleaved_latency, measure_latency
+from skinscan.runtime.classifier import FP32_FILE, INT8_FILE
+from skinscan.runtime.manifest import write_manifest
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 FAST = ["--iterations", "5", "--warmup", "1", "--rounds", "2"]
@@ -25,9 +25,9 @@ def tiny(tmp_path_factory):
     """A 64x64 package with only skinscan.onnx (+ manifest), and the checkpoint it was exported from."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnx")
-    from skinscan.export import export_onnx, package_metadata
-    from skinscan.model import create_model
-    from skinscan.preprocess import PreprocessConfig
+    from skinscan.factory.export import export_onnx, package_metadata
+    from skinscan.factory.model import create_model
+    from skinscan.runtime.preprocess import PreprocessConfig
 
     torch.manual_seed(0)
     model = create_model("mobilenet_v3_small").eval()
@@ -144,7 +144,7 @@ def test_compare_latency_reports_the_int8_speedup(tiny, tmp_path):
 
 def test_benchmark_module_imports_without_torch():
     code = ("import sys; sys.modules['torch'] = None\n"
-            "import skinscan.benchmark, skinscan.cli\n"
+            "import skinscan.runtime.benchmark, skinscan.cli\n"
             "assert 'torchvision' not in sys.modules\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -12,10 +12,10 @@ import sys
 import numpy as np
 import pytest
 
-from skinscan.data import image_paths, lesion_grouped_split, read_metadata
+from skinscan.factory.data import image_paths, lesion_grouped_split, read_metadata
 from skinscan.labels import LABEL_CODES
-from skinscan.manifest import read_manifest, sha256_file
-from skinscan.runtime import FP32_FILE, INT8_FILE, Classifier, bundled_package_dir
+from skinscan.runtime.classifier import FP32_FILE, INT8_FILE, Classifier, bundled_package_dir
+from skinscan.runtime.manifest import read_manifest, sha256_file
 
 SHIPPED_FILES = (FP32_FILE, INT8_FILE, "skinscan-int8.ort", "skinscan-int8.required_operators.config",
                  "quantization.json", "gate.json", "MODEL_CARD.md")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from skinscan.calibration import fit_temperature, fit_temperature_and_bias, negative_log_likelihood
+from skinscan.factory.calibration import fit_temperature, fit_temperature_and_bias, negative_log_likelihood
 
 
 def sampled_logits(n: int, temperature: float, prior_shift: np.ndarray, seed: int = 0):

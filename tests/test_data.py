@@ -1,4 +1,5 @@
-"""Tests of skinscan.data: the lesion-grouped split on the real metadata, and validation of synthetic folders."""
+"""Tests of skinscan.factory.data: the lesion-grouped split on the real metadata, and validation of synthetic
+folders."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import skinscan.data
+import skinscan.factory.data
 from skinscan.cli import main
-from skinscan.data import (
+from skinscan.factory.data import (
     IMAGE_DIR,
     METADATA_FILE,
     SPLITS,
@@ -37,7 +38,7 @@ def test_default_data_dir_honours_the_environment(tmp_path, monkeypatch):
 
 
 def test_default_data_dir_does_not_depend_on_the_working_directory(tmp_path, monkeypatch):
-    repository = Path(skinscan.data.__file__).resolve().parents[2]
+    repository = Path(skinscan.factory.data.__file__).resolve().parents[3]
     expected = (repository / "../shared/data/ham10000").resolve()
     if not (expected / METADATA_FILE).is_file():
         pytest.skip(f"no {METADATA_FILE} in {expected}")

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from skinscan.cli import main
-from skinscan.data import (
+from skinscan.factory.data import (
     DatasetError,
     DataSource,
     lesion_grouped_split,
@@ -183,8 +183,8 @@ def test_validate_and_split_an_isic_shaped_data_set(isic_like, capsys):
 @pytest.mark.slow
 def test_isic_shaped_data_set_trains_exports_and_runs_with_its_8_labels(isic_like, tmp_path):
     pytest.importorskip("torch", reason="training needs the `train` extra (torch)")
-    from skinscan.runtime import Classifier
-    from skinscan.train import checkpoint_labels, load_checkpoint
+    from skinscan.factory.train import checkpoint_labels, load_checkpoint
+    from skinscan.runtime.classifier import Classifier
 
     data, labels = isic_like["data"], ["--labels", str(isic_like["labels"])]
     split_csv = tmp_path / "split.csv"
@@ -209,7 +209,7 @@ def test_isic_shaped_data_set_trains_exports_and_runs_with_its_8_labels(isic_lik
                  "--threads", "2"]) == 0
     import onnx
 
-    from skinscan.onnx_metadata import read_metadata as onnx_metadata
+    from skinscan.factory.onnx_metadata import read_metadata as onnx_metadata
 
     metadata = onnx_metadata(onnx.load(str(package / "skinscan.onnx")))
     assert metadata["skinscan.labels"] == list(expected)

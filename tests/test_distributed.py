@@ -16,12 +16,12 @@ torch = pytest.importorskip("torch", reason="training needs the `train` extra (t
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
-from skinscan import distributed  # noqa: E402
-from skinscan import train as train_module  # noqa: E402
-from skinscan.export import build_package  # noqa: E402
-from skinscan.manifest import verify_file  # noqa: E402
-from skinscan.model import create_model  # noqa: E402
-from skinscan.train import SplitData, TrainConfig, load_checkpoint, save_checkpoint  # noqa: E402
+from skinscan.factory import distributed  # noqa: E402
+from skinscan.factory import train as train_module  # noqa: E402
+from skinscan.factory.export import build_package  # noqa: E402
+from skinscan.factory.model import create_model  # noqa: E402
+from skinscan.factory.train import SplitData, TrainConfig, load_checkpoint, save_checkpoint  # noqa: E402
+from skinscan.runtime.manifest import verify_file  # noqa: E402
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),

@@ -1,4 +1,4 @@
-"""End-to-end tests of skinscan.download against a fake Dataverse on 127.0.0.1 (never the internet)."""
+"""End-to-end tests of skinscan.factory.download against a fake Dataverse on 127.0.0.1 (never the internet)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from skinscan import download
-from skinscan.download import DownloadError, download_ham10000
+from skinscan.factory import download
+from skinscan.factory.download import DownloadError, download_ham10000
 
 METADATA_ROWS = [
     # lesion_id, image_id, dx, dx_type, age, sex, localization

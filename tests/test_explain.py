@@ -22,14 +22,14 @@ from pytorch_grad_cam.utils.image import scale_cam_image  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 
 from skinscan.cli import main  # noqa: E402
-from skinscan.data import image_paths, load_split_images  # noqa: E402
-from skinscan.explain import save_overlay  # noqa: E402
-from skinscan.export import PackagedModel, export_onnx, package_metadata  # noqa: E402
-from skinscan.manifest import write_manifest  # noqa: E402
-from skinscan.model import create_model  # noqa: E402
-from skinscan.preprocess import PreprocessConfig  # noqa: E402
-from skinscan.quantize import explanation_only_nodes, quantize_package_model, session  # noqa: E402
-from skinscan.runtime import Classifier  # noqa: E402
+from skinscan.factory.data import image_paths, load_split_images  # noqa: E402
+from skinscan.factory.export import PackagedModel, export_onnx, package_metadata  # noqa: E402
+from skinscan.factory.model import create_model  # noqa: E402
+from skinscan.factory.quantize import explanation_only_nodes, quantize_package_model, session  # noqa: E402
+from skinscan.runtime.classifier import Classifier  # noqa: E402
+from skinscan.runtime.explain import save_overlay  # noqa: E402
+from skinscan.runtime.manifest import write_manifest  # noqa: E402
+from skinscan.runtime.preprocess import PreprocessConfig  # noqa: E402
 
 SIZE = PreprocessConfig((210, 280), "center_crop")  # a 7x9 last feature map (small enough to check by hand)
 MAP_SHAPE = (7, 9)

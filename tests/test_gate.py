@@ -1,5 +1,6 @@
-"""The "cannot assess" gate: the rule (skinscan.assess), the scores in the graph (skinscan.gate), thresholds
-chosen on validation, the INT8 graph, the runtime and CLI answers, and the bundled package's measured rates."""
+"""The "cannot assess" gate: the rule (skinscan.runtime.assess), the scores in the graph
+(skinscan.factory.gate), thresholds chosen on validation, the INT8 graph, the runtime and CLI answers, and the
+bundled package's measured rates."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 
-from skinscan.assess import MESSAGES, AssessSpec, AssessSpecError
-from skinscan.runtime import Classifier, bundled_package_dir
+from skinscan.runtime.assess import MESSAGES, AssessSpec, AssessSpecError
+from skinscan.runtime.classifier import Classifier, bundled_package_dir
 
 SPEC = {
     "scores": ["lesion_distance", "sharpness", "brightness", "colourfulness"],
@@ -71,7 +72,7 @@ def test_malformed_specs_are_refused_with_a_message(broken):
 
 # ----------------------------------------------------------------------------------- thresholds on val
 def test_thresholds_keep_the_rejection_budget_on_validation():
-    from skinscan.assess import SCORES, choose_thresholds
+    from skinscan.runtime.assess import SCORES, choose_thresholds
 
     rng = np.random.default_rng(0)
     scores = np.column_stack([rng.chisquare(80, 2000) / 80, rng.lognormal(2, 1, 2000), rng.normal(155, 20, 2000),
@@ -92,12 +93,12 @@ def test_thresholds_keep_the_rejection_budget_on_validation():
 def gated_package(tmp_path_factory, pretrained_v3_small, ham10000_dir, split_csv):
     """An ImageNet-backbone package with the gate fitted on 140 train images: the real export path, small."""
     torch = pytest.importorskip("torch", reason="exporting needs the `train` extra")
-    from skinscan.assess import choose_thresholds
-    from skinscan.data import load_split_images
-    from skinscan.export import PackagedModel, export_onnx, fit_gate, package_metadata, packaged_outputs
-    from skinscan.manifest import write_manifest
-    from skinscan.model import create_model
-    from skinscan.preprocess import PreprocessConfig
+    from skinscan.factory.data import load_split_images
+    from skinscan.factory.export import PackagedModel, export_onnx, fit_gate, package_metadata, packaged_outputs
+    from skinscan.factory.model import create_model
+    from skinscan.runtime.assess import choose_thresholds
+    from skinscan.runtime.manifest import write_manifest
+    from skinscan.runtime.preprocess import PreprocessConfig
 
     config = PreprocessConfig((210, 280), "center_crop")
     torch.manual_seed(0)
@@ -139,7 +140,7 @@ def test_onnx_scores_equal_pytorch_and_the_numpy_definitions(gated_package):
 
 
 def test_the_gate_leaves_the_classifier_unchanged(gated_package):
-    from skinscan.export import PackagedModel, packaged_outputs
+    from skinscan.factory.export import PackagedModel, packaged_outputs
 
     torch = pytest.importorskip("torch")
     plain = packaged_outputs(PackagedModel(gated_package["model"], 1.0).eval(), torch.from_numpy(gated_package["val"]))
@@ -150,9 +151,9 @@ def test_the_gate_leaves_the_classifier_unchanged(gated_package):
 def test_int8_keeps_the_gate_float_and_close(gated_package, ham10000_dir, split_csv, tmp_path):
     import onnx
 
-    from skinscan.data import load_split_images
-    from skinscan.preprocess import PreprocessConfig
-    from skinscan.quantize import gate_only_nodes, quantize_package_model, refit_gate_thresholds, session
+    from skinscan.factory.data import load_split_images
+    from skinscan.factory.quantize import gate_only_nodes, quantize_package_model, refit_gate_thresholds, session
+    from skinscan.runtime.preprocess import PreprocessConfig
 
     folder = gated_package["folder"]
     calibration, _, _ = load_split_images(ham10000_dir, split_csv, "train", PreprocessConfig((210, 280)),
@@ -219,7 +220,7 @@ def bundled_gate_report(ham10000_dir, split_csv, tmp_path_factory):
     pytest.importorskip("skimage", reason="the non-lesion corpus is scikit-image's sample images (`dev` extra)")
     import shutil
 
-    from skinscan.gate_report import gate_report
+    from skinscan.factory.gate_report import gate_report
 
     package = bundled_package_dir()
     classifier = Classifier.load(package)

@@ -11,10 +11,9 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="training needs the `train` extra (torch)")
 
-from skinscan.export import build_package  # noqa: E402
-from skinscan.manifest import verify_file  # noqa: E402
-from skinscan.model import create_model, model_from_checkpoint  # noqa: E402
-from skinscan.train import (  # noqa: E402
+from skinscan.factory.export import build_package  # noqa: E402
+from skinscan.factory.model import create_model, model_from_checkpoint  # noqa: E402
+from skinscan.factory.train import (  # noqa: E402
     TrainConfig,
     autocast,
     grad_scaler,
@@ -23,6 +22,7 @@ from skinscan.train import (  # noqa: E402
     to_device,
     train,
 )
+from skinscan.runtime.manifest import verify_file  # noqa: E402
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ def test_cpu_fallbacks_are_no_ops():
 def test_augmentation_keeps_every_tensor_on_the_batchs_device():
     """The augmentation parameters are drawn on the host; each must reach the batch's device. The meta device
     stands in for a GPU here (it has no data, but mixing it with CPU tensors fails as CUDA does)."""
-    from skinscan.augment import AugmentConfig, augment_batch
+    from skinscan.factory.augment import AugmentConfig, augment_batch
 
     images = torch.zeros(4, 32, 48, 3, dtype=torch.uint8, device="meta")
     out = augment_batch(images, AugmentConfig(), torch.Generator().manual_seed(0))

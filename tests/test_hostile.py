@@ -1,4 +1,4 @@
-"""The hostile-input corpus (skinscan.hostile) through every way an image gets in: `Classifier.classify`,
+"""The hostile-input corpus (skinscan.factory.hostile) through every way an image gets in: `Classifier.classify`,
 `skinscan predict` (one run over the whole folder, in a subprocess whose time and memory are measured) and
 the web app's photo upload in a real browser. Each input is either classified or refused with a message
 naming the problem; nothing crashes, hangs or runs away with memory."""
@@ -13,10 +13,10 @@ import time
 
 import pytest
 
-from skinscan.app_server import BROWSER_PRECISION
-from skinscan.hostile import build_corpus
-from skinscan.preprocess import ImageError
-from skinscan.runtime import Classifier, bundled_package_dir
+from skinscan.factory.hostile import build_corpus
+from skinscan.runtime.app_server import BROWSER_PRECISION
+from skinscan.runtime.classifier import Classifier, bundled_package_dir
+from skinscan.runtime.preprocess import ImageError
 
 MEMORY_LIMIT_MB = 1500  # `skinscan predict` over the whole corpus, bomb included (a decoded bomb would be 430 MB+)
 

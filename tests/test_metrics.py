@@ -1,4 +1,5 @@
-"""Tests of skinscan.metrics (hand-made cases, parity with isic-challenge-scoring) and skinscan.report."""
+"""Tests of skinscan.factory.metrics (hand-made cases, parity with isic-challenge-scoring) and
+skinscan.factory.report."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from skinscan.labels import LABEL_CODES
-from skinscan.metrics import (
+from skinscan.factory.metrics import (
     _weighted_auc,
     auc_above_sensitivity,
     bootstrap_intervals,
@@ -21,7 +21,8 @@ from skinscan.metrics import (
     sensitivity_at_specificity,
     subgroup_metrics,
 )
-from skinscan.report import age_band, write_evaluation_report
+from skinscan.factory.report import age_band, write_evaluation_report
+from skinscan.labels import LABEL_CODES
 
 LABELS = list(LABEL_CODES)
 MEL = LABELS.index("mel")

@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the model tests need the `train` extra (torch)")
 
-from skinscan.model import (  # noqa: E402
+from skinscan.factory.model import (  # noqa: E402
     ARCHITECTURES,
     IMAGENET_MEAN_STD,
     create_model,
@@ -133,7 +133,7 @@ def test_official_download_verifies_the_hash(weights_server, tmp_path):
 def test_imagenet_uses_torchvisions_official_url(monkeypatch):
     seen = []
     state = create_model("mobilenet_v3_small", num_classes=1000).net.state_dict()
-    monkeypatch.setattr("skinscan.model.download_state_dict", lambda url: seen.append(url) or state)
+    monkeypatch.setattr("skinscan.factory.model.download_state_dict", lambda url: seen.append(url) or state)
     model = create_model("mobilenet_v3_small", pretrained="imagenet")
     assert seen == ["https://download.pytorch.org/models/mobilenet_v3_small-047dcff4.pth"]
     assert model.config.normalization.mean == IMAGENET_MEAN_STD[0]

@@ -1,4 +1,4 @@
-"""Tests of skinscan.preprocess: the resize rules, decoding of every input kind, and the errors on bad input."""
+"""Tests of skinscan.runtime.preprocess: the resize rules, decoding of every input kind, and the errors on bad input."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import skinscan.preprocess
-from skinscan.preprocess import (
+import skinscan.runtime.preprocess
+from skinscan.runtime.preprocess import (
     RESIZE_RULES,
     ImageError,
     PreprocessConfig,
@@ -462,7 +462,7 @@ def test_header_above_our_pixel_limit():
 
 
 def test_monkeypatched_pixel_limit(monkeypatch):
-    monkeypatch.setattr(skinscan.preprocess, "MAX_IMAGE_PIXELS", 50_000)
+    monkeypatch.setattr(skinscan.runtime.preprocess, "MAX_IMAGE_PIXELS", 50_000)
     image = Image.new("RGB", (300, 300))
     for source in (image, encode(image), np.zeros((300, 300, 3), np.uint8)):
         image_error(source, match="300x300")

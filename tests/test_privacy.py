@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from skinscan.data import image_paths, read_metadata
+from skinscan.factory.data import image_paths, read_metadata
 
 # Runs before the command: every outbound connection and DNS lookup raises (and is recorded on stderr).
 NO_NETWORK = """

@@ -4,8 +4,8 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="QAT needs the `train` extra (torch)")
 
-from skinscan.model import create_model  # noqa: E402
-from skinscan.qat import attach_fake_quantization, detach_fake_quantization  # noqa: E402
+from skinscan.factory.model import create_model  # noqa: E402
+from skinscan.factory.qat import attach_fake_quantization, detach_fake_quantization  # noqa: E402
 
 
 def test_fake_quantization_is_removed_and_weights_land_on_the_int8_grid():

@@ -8,12 +8,10 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="building a test model needs the `train` extra (torch)")
 
-from skinscan.data import load_split_images  # noqa: E402
-from skinscan.export import export_onnx, package_metadata  # noqa: E402
-from skinscan.manifest import verify_file, write_manifest  # noqa: E402
-from skinscan.model import create_model  # noqa: E402
-from skinscan.preprocess import PreprocessConfig  # noqa: E402
-from skinscan.quantize import (  # noqa: E402
+from skinscan.factory.data import load_split_images  # noqa: E402
+from skinscan.factory.export import export_onnx, package_metadata  # noqa: E402
+from skinscan.factory.model import create_model  # noqa: E402
+from skinscan.factory.quantize import (  # noqa: E402
     FLOAT_BLOCKS,
     feed_pixels_to_stem,
     fold_normalization_into_stem,
@@ -23,6 +21,8 @@ from skinscan.quantize import (  # noqa: E402
     quantize_package_model,
     session,
 )
+from skinscan.runtime.manifest import verify_file, write_manifest  # noqa: E402
+from skinscan.runtime.preprocess import PreprocessConfig  # noqa: E402
 
 SIZE = PreprocessConfig((96, 128), "center_crop")
 
@@ -157,7 +157,7 @@ def test_colour_constancy_exports_exactly_and_stays_float_in_int8(pretrained_v3_
                                                                   tmp_path):
     """A Shades-of-Gray model (`--color-constancy`, run J): the ONNX graph computes what torch does, and INT8
     keeps the colour constancy in float with the float blocks, so the blocks still see whole pixel values."""
-    from skinscan.export import torch_probabilities
+    from skinscan.factory.export import torch_probabilities
 
     torch.manual_seed(0)
     model = create_model("mobilenet_v3_small", pretrained=pretrained_v3_small, color_constancy="shades_of_gray")

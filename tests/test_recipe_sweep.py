@@ -82,7 +82,7 @@ def test_report_selects_each_runs_epoch_by_its_own_selection_rule(tmp_path):
 
 
 def test_sweep_over_cross_validation_folds_trains_each_recipe_on_every_fold(ham10000_dir, split_csv, tmp_path):
-    from skinscan.data import cross_validation_folds, read_split, write_split
+    from skinscan.factory.data import cross_validation_folds, read_split, write_split
 
     folds_dir = tmp_path / "folds"
     for k, fold in enumerate(cross_validation_folds(read_split(split_csv), folds=2)):

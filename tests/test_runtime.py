@@ -20,9 +20,7 @@ import skinscan.runtime
 from skinscan import DISCLAIMER
 from skinscan.cli import main
 from skinscan.labels import LABEL_CODES, MALIGNANT_CODES
-from skinscan.manifest import MANIFEST, IntegrityError, write_manifest
-from skinscan.preprocess import PreprocessConfig, preprocess
-from skinscan.runtime import (
+from skinscan.runtime.classifier import (
     FP32_FILE,
     INT8_FILE,
     REQUIRED_METADATA,
@@ -31,6 +29,8 @@ from skinscan.runtime import (
     Prediction,
     find_images,
 )
+from skinscan.runtime.manifest import MANIFEST, IntegrityError, write_manifest
+from skinscan.runtime.preprocess import PreprocessConfig, preprocess
 
 CONFIG = PreprocessConfig((96, 128), "center_crop")
 THRESHOLD = 0.3
@@ -41,8 +41,8 @@ def package(tmp_path_factory) -> SimpleNamespace:
     """A small, randomly initialised model package: skinscan.onnx + manifest.json (export needs torch)."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnx")
-    from skinscan.export import export_onnx, package_metadata
-    from skinscan.model import create_model
+    from skinscan.factory.export import export_onnx, package_metadata
+    from skinscan.factory.model import create_model
 
     torch.manual_seed(0)
     model = create_model("mobilenet_v3_small")
@@ -180,7 +180,7 @@ def test_batch_equals_singles(classifier, tmp_path):
 
 
 def test_onnx_runtime_matches_torch_on_real_lesions(package, classifier, lesion_images):
-    from skinscan.export import torch_probabilities
+    from skinscan.factory.export import torch_probabilities
 
     arrays = np.stack([preprocess(path, CONFIG) for path in lesion_images])
     expected = torch_probabilities(package.model, arrays, 1.0)
@@ -233,7 +233,7 @@ def test_precision_selection(package, tmp_path):
 def test_missing_paths_and_bundled_package(tmp_path, monkeypatch):
     with pytest.raises(ModelPackageError, match="no model package at"):
         Classifier.load(tmp_path / "nowhere")
-    monkeypatch.setattr(skinscan.runtime, "bundled_package_dir", lambda: tmp_path / "models")
+    monkeypatch.setattr(skinscan.runtime.classifier, "bundled_package_dir", lambda: tmp_path / "models")
     with pytest.raises(ModelPackageError, match="no bundled model package in .*; pass --model"):
         Classifier.load()
 
@@ -255,8 +255,8 @@ def test_missing_metadata_key_is_named(package, tmp_path):
 # ------------------------------------------------------------------------------------------ torch-free
 def test_runtime_and_predict_cli_import_no_torch():
     code = ("import sys; import skinscan.runtime, skinscan.cli; skinscan.cli.build_parser(); "
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or m in "
-            "('skinscan.model', 'skinscan.train', 'skinscan.export')); print(bad); sys.exit(1 if bad else 0)")
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or m.startswith('skinscan.factory')); "
+            "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -1,4 +1,4 @@
-"""Several sources as one split (skinscan.sources): checks row by row, per-source lesion split, the external
+"""Several sources as one split (skinscan.factory.sources): checks row by row, per-source lesion split, the external
 part, the sidecar later steps read, per-collection metrics, and scoring a package per collection."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from skinscan.cli import main
-from skinscan.data import (
+from skinscan.factory.data import (
     DatasetError,
     cross_validation_folds,
     lesion_grouped_split,
@@ -21,9 +21,8 @@ from skinscan.data import (
     read_split,
     write_split,
 )
-from skinscan.metrics import collection_metrics
-from skinscan.preprocess import PreprocessConfig
-from skinscan.sources import (
+from skinscan.factory.metrics import collection_metrics
+from skinscan.factory.sources import (
     EXTERNAL,
     ExternalRule,
     multi_source_split,
@@ -31,6 +30,7 @@ from skinscan.sources import (
     read_sources,
     sidecar_path,
 )
+from skinscan.runtime.preprocess import PreprocessConfig
 
 CODES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 
@@ -227,12 +227,12 @@ def test_collection_metrics_on_a_set_missing_classes():
     mel, nv, bkl = labels.index("mel"), labels.index("nv"), labels.index("bkl")
     y = np.array([mel, mel, nv, nv, nv, bkl, mel, nv])
     probs = np.full((len(y), len(labels)), 0.01)
-    # mel scores: the two melanomas of "a" above every nevus; argmax right except one nevus called mel.
-    for i, (top, mel_p) in enumerate([(mel, .9), (mel, .8), (nv, .2), (mel, .6), (nv, .1), (bkl, .3), (nv, .4),
-                                      (nv, .5)]):
+    # (melanoma probability, the class that gets the rest): collection "a" ranks both melanomas above every
+    # other image, and calls one nevus melanoma; "b" misses its melanoma and gets its nevus right.
+    rows = [(.9, nv), (.8, nv), (.2, nv), (.6, nv), (.1, nv), (.3, bkl), (.4, nv), (.3, nv)]
+    for i, (mel_p, rest) in enumerate(rows):
         probs[i, mel] = mel_p
-        probs[i, top] = max(probs[i, top], 1.0)
-    probs /= probs.sum(1, keepdims=True)
+        probs[i, rest] = 1 - mel_p - 0.01 * (len(labels) - 2)
     table = collection_metrics(y, probs, ["a"] * 6 + ["b"] * 2, labels, turned_away=[0, 0, 0, 0, 0, 1, 0, 1])
     assert list(table) == ["a", "b", "all"]
     a = table["a"]
@@ -255,9 +255,13 @@ def test_evaluate_the_bundled_package_per_collection_without_torch(two_sources, 
     split = tmp_path / "split.csv"
     assert main(["data", "split", *two_sources["args"], "--out", str(split)]) == 0
     out = tmp_path / "eval"
-    code = ("import sys; sys.modules['torch'] = None; from skinscan.cli import main; "
-            f"sys.exit(main(['evaluate', '--model', 'bundled', '--precision', 'int8', '--split', {str(split)!r}, "
-            f"'--part', 'external', '--out', {str(out)!r}, '--threads', '1']))")
+    # A finder that refuses torch (sys.modules['torch'] = None would break scipy, which probes sys.modules).
+    code = ("import sys\nclass NoTorch:\n def find_spec(self, name, *args):\n"
+            "  if name.split('.')[0] == 'torch': raise ImportError('torch is blocked')\n"
+            "sys.meta_path.insert(0, NoTorch())\nfrom skinscan.cli import main\n"
+            f"status = main(['evaluate', '--model', 'bundled', '--precision', 'int8', '--split', {str(split)!r}, "
+            f"'--part', 'external', '--out', {str(out)!r}, '--threads', '1'])\n"
+            "assert 'torch' not in sys.modules\nsys.exit(status)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "msk: n" in result.stdout and "turned away" in result.stdout

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skinscan.data import read_split
+from skinscan.factory.data import read_split
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "subsample_train.py"
 spec = importlib.util.spec_from_file_location("subsample_train", SCRIPT)

@@ -9,13 +9,13 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="training needs the `train` extra (torch)")
 
-from skinscan import train as train_module  # noqa: E402
-from skinscan.compare import compare_checkpoints, format_comparison  # noqa: E402
-from skinscan.data import DatasetError, read_metadata, read_split  # noqa: E402
-from skinscan.evaluate import evaluate_checkpoint  # noqa: E402
-from skinscan.export import build_package, torch_probabilities  # noqa: E402
-from skinscan.manifest import verify_file  # noqa: E402
-from skinscan.train import TrainConfig, load_checkpoint, load_model, train  # noqa: E402
+from skinscan.factory import train as train_module  # noqa: E402
+from skinscan.factory.compare import compare_checkpoints, format_comparison  # noqa: E402
+from skinscan.factory.data import DatasetError, read_metadata, read_split  # noqa: E402
+from skinscan.factory.evaluate import evaluate_checkpoint  # noqa: E402
+from skinscan.factory.export import build_package, torch_probabilities  # noqa: E402
+from skinscan.factory.train import TrainConfig, load_checkpoint, load_model, train  # noqa: E402
+from skinscan.runtime.manifest import verify_file  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -1,5 +1,5 @@
 // Runs the app's resize (src/skinscan/app/resize.js) on raw RGBA files, for tests/test_app.py to compare
-// byte for byte with Pillow (skinscan.preprocess.resize_to_input). No browser needed: plain Node.
+// byte for byte with Pillow (skinscan.runtime.preprocess.resize_to_input). No browser needed: plain Node.
 //
 //   node tests/browser/resize_cases.mjs CASES.json
 //   CASES: [{rgba: path, width, height, size: [H, W], resize: "center_crop" | "stretch", out: path}, ...]

@@ -12,7 +12,7 @@ import { centerCropBox } from './resize.js';
 const params = new URLSearchParams(location.search);
 const MAX_FPS = params.has('maxfps') ? Number(params.get('maxfps')) : 15;
 const SAMPLES = 120; // timings kept for the medians
-const MAX_PIXELS = 100_000_000; // as skinscan/preprocess.py
+const MAX_PIXELS = 100_000_000; // as skinscan/runtime/preprocess.py
 const MIN_SIDE = 16;
 
 const $ = (id) => document.getElementById(id);
@@ -80,7 +80,7 @@ async function loadModel() {
 
 // ----------------------------------------------------------------------------------------- results
 /**
- * The package's "cannot assess" rule (metadata `skinscan.assess`), walked exactly as skinscan/assess.py walks
+ * The package's "cannot assess" rule (metadata `skinscan.assess`), walked exactly as skinscan/runtime/assess.py walks
  * it: too small first, then each check in order; the first that fails is the answer. null: no gate.
  */
 function judge(spec, scores, width, height) {
@@ -258,7 +258,7 @@ function grabVideo(video) {
 }
 
 /**
- * Refuse, before decoding a pixel, what Pillow refuses in skinscan/preprocess.py: a size outside the limits
+ * Refuse, before decoding a pixel, what Pillow refuses in skinscan/runtime/preprocess.py: a size outside the limits
  * (read from the header by a detached <img>, which does not decode the pixels: a decompression bomb stays a
  * few kB) and a JPEG cut short (no end-of-image marker: browsers would paint the missing part grey and the
  * model would screen half a photo).

@@ -1,4 +1,4 @@
-// The model's resize rule, bit-exact with the Python runtime (skinscan/preprocess.py::resize_to_input).
+// The model's resize rule, bit-exact with the Python runtime (skinscan/runtime/preprocess.py::resize_to_input).
 //
 // Python does `image.resize((W, H), Image.BILINEAR, box=crop_box)`. Pillow's BILINEAR is not the
 // 2x2-tap bilinear of a GPU or of canvas smoothing: when shrinking it is a triangle filter whose support

@@ -15,8 +15,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import auc, roc_curve
 
+from skinscan.factory.metrics import classification_metrics, collection_metrics, reliability_curve, subgroup_metrics
 from skinscan.labels import LABEL_NAMES, MALIGNANT_CODES
-from skinscan.metrics import classification_metrics, collection_metrics, reliability_curve, subgroup_metrics
 
 AGE_BANDS: tuple[tuple[str, float, float], ...] = (
     ("<30", 0, 30),
@@ -81,7 +81,7 @@ def write_evaluation_report(
         for name, groups in subgroup_columns(metadata).items()
     }
     metrics["subgroup_min_count"] = min_subgroup_count
-    if "collection" in metadata:  # a multi-source split (skinscan.sources): the external-validation table
+    if "collection" in metadata:  # a multi-source split (skinscan.factory.sources): the external-validation table
         metrics["per_collection"] = collection_metrics(y_true, probs, metadata["collection"].tolist(), labels,
                                                        turned_away=turned_away)
     if label_names is not None:
@@ -428,7 +428,7 @@ def render_markdown(metrics: dict, title: str) -> str:
     intro = (
         f"# {title}\n\n"
         "Metrics as defined by the ISIC 2018 challenge, Task 3 (lesion diagnosis), computed by "
-        "`skinscan.metrics`; all numbers are also in `metrics.json`. A screening aid, not a diagnosis."
+        "`skinscan.factory.metrics`; all numbers are also in `metrics.json`. A screening aid, not a diagnosis."
     )
     sections = [
         intro,

@@ -1,6 +1,6 @@
 """Explanation overlays: a model package's `cam` output (Grad-CAM of the top class) drawn over the image.
 
-The map itself comes from the model graph (`skinscan.export.PackagedModel`, docs/EXPLAIN.md); this module only
+The map itself comes from the model graph (`skinscan.factory.export.PackagedModel`, docs/EXPLAIN.md); this module only
 upsamples and draws it. matplotlib is imported when an overlay is drawn, so neither the runtime nor
 `skinscan predict` without `--explain` loads it.
 """
@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 if TYPE_CHECKING:
-    from skinscan.runtime import Prediction
+    from skinscan.runtime.classifier import Prediction
 
 OVERLAY_ALPHA = 0.45  # heatmap opacity: the lesion must stay visible under it
 

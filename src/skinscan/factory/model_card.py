@@ -13,8 +13,8 @@ from pathlib import Path
 import onnx
 
 from skinscan import DISCLAIMER
-from skinscan.onnx_metadata import read_metadata
-from skinscan.report import collection_section, render_markdown
+from skinscan.factory.onnx_metadata import read_metadata
+from skinscan.factory.report import collection_section, render_markdown
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -51,7 +51,7 @@ def _quantization_section(report: dict | None) -> str:
         "measurement; on a shared machine they scatter by +-30%, so benchmark on yours); top-1 agreement "
         f"{report['top1_agreement']:.3f} on {report['images']} {report['evaluated_on']} images. Static "
         f"quantization ({settings['format']}, per-channel weights, {settings['calibrate_method']} calibration on "
-        f"{settings['calibration_images']} training images) plus the graph edits of `skinscan.quantize`."
+        f"{settings['calibration_images']} training images) plus the graph edits of `skinscan.factory.quantize`."
     )
 
 
@@ -80,7 +80,8 @@ def _gate_section(gate: dict | None) -> str:
     accepted = sorted({name for r in gate.values() for name in r["non_lesions"]["accepted"]})
     return (
         "A screening tool must not answer every photo. Before it is shown, each result passes a gate computed in "
-        "the graph (the `assess` output, `skinscan/gate.py`): the distance of early feature statistics from the "
+        "the graph (the `assess` output, `skinscan/factory/gate.py`): the distance of early feature statistics "
+        "from the "
         "training lesions' (Mahalanobis, blocks 4-5), sharpness (variance of the Laplacian), brightness and "
         "colourfulness, plus a minimum image size. Failing any check gives \"cannot assess\" with the reason "
         "(`not_a_lesion`, `too_blurry`, `too_dark`, `too_bright`, `too_small`) instead of a diagnosis, in the "
@@ -91,7 +92,7 @@ def _gate_section(gate: dict | None) -> str:
         "threshold on the INT8 model's own val scores.\n\n" + "\n".join(rows) + "\n\n"
         "Non-lesion images: the sample images shipped with scikit-image, scikit-learn and matplotlib (people, "
         "animals, objects, microscopy, a retina photo, astronomy, text), their quadrant crops, and skin "
-        "close-ups cropped from the two portraits among them (`skinscan/nonlesion.py`); degradations: the same "
+        "close-ups cropped from the two portraits among them (`skinscan/factory/nonlesion.py`); degradations: the same "
         "test lesions blurred, darkened, overexposed or shrunk. Caveat: this corpus was also used to choose "
         "the design (which blocks; adding colourfulness after grey images passed), so its rate is optimistic "
         "for images unlike it; the lesion rate is an honest held-out figure."
@@ -113,7 +114,7 @@ def _subgroup_table(metrics: dict) -> str:
 
 
 def _safety_section(gate: dict | None, metrics: dict) -> str:
-    from skinscan.hostile import HOSTILE_INPUTS  # the corpus tests/test_hostile.py sends through every path
+    from skinscan.factory.hostile import HOSTILE_INPUTS  # the corpus tests/test_hostile.py sends through every path
 
     hostile = HOSTILE_INPUTS
     refused = [entry.why for entry in hostile if entry.expect == "refuse"]
@@ -129,7 +130,7 @@ def _safety_section(gate: dict | None, metrics: dict) -> str:
         f"{'met' if after is not None and after <= 0.05 else 'not met'}); reliability diagram in the evaluation "
         "report. Probabilities are estimates from a 1,277-image test split, not guarantees.\n\n"
         "### Hostile inputs\n\n"
-        f"{len(hostile)} hostile or unusual files (`skinscan/hostile.py`) go through `Classifier.classify`, "
+        f"{len(hostile)} hostile or unusual files (`skinscan/factory/hostile.py`) go through `Classifier.classify`, "
         "`skinscan predict` and the app's photo upload in CI (tests/test_hostile.py); none crashes or hangs, and "
         f"`predict` over all of them stays under 1.5 GB. Refused with a message naming the problem ({len(refused)}): "
         + "; ".join(refused) + f". Classified like any photo ({len(classified)}): " + "; ".join(classified) + ".\n\n"

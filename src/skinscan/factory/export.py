@@ -21,14 +21,14 @@ import torch
 from torch import nn
 
 from skinscan import __version__
-from skinscan.assess import ASSESS
-from skinscan.gate import SCORES, LesionDistance, gate_dims, gate_statistics, image_quality
+from skinscan.factory.gate import SCORES, LesionDistance, gate_dims, gate_statistics, image_quality
+from skinscan.factory.model import SkinLesionNet
+from skinscan.factory.onnx_metadata import set_metadata
+from skinscan.factory.ort_mobile import convert_to_ort
 from skinscan.labels import HAM10000, LabelSet
-from skinscan.model import SkinLesionNet
-from skinscan.onnx_metadata import set_metadata
-from skinscan.ort_mobile import convert_to_ort
-from skinscan.preprocess import PreprocessConfig
-from skinscan.runtime import CAM, CLASSIFICATION_OUTPUTS, INPUT_NAME
+from skinscan.runtime.assess import ASSESS
+from skinscan.runtime.classifier import CAM, CLASSIFICATION_OUTPUTS, INPUT_NAME
+from skinscan.runtime.preprocess import PreprocessConfig
 
 OUTPUT_DESCRIPTIONS = {
     "probabilities": "softmax(logits), calibrated by temperature scaling on val",
@@ -36,8 +36,8 @@ OUTPUT_DESCRIPTIONS = {
     CAM: "Grad-CAM map of the predicted (argmax) class on the last feature map, float [N, h, w] "
                 "(h, w = input size / 32, rounded up); ReLU, then scaled to [0, 1] per image (min-max, as "
                 "pytorch-grad-cam; an all-zero map stays zero). Upsample it to the input size to overlay it",
-    ASSESS: f"float [N, {len(SCORES)}]: the scores {', '.join(SCORES)} that skinscan.assess judges "
-            "('cannot assess'; see skinscan/gate.py)",
+    ASSESS: f"float [N, {len(SCORES)}]: the scores {', '.join(SCORES)} that skinscan.runtime.assess judges "
+            "('cannot assess'; see skinscan/factory/gate.py)",
 }
 OPSET = 17
 TRAINING_DATA = ("HAM10000 (Tschandl et al. 2018, doi:10.1038/sdata.2018.161), the developers' 8,512-image part, "
@@ -61,7 +61,7 @@ class PackagedModel(nn.Module):
     scaled to [0, 1] per image. Positive constant factors (1 / (h w), the temperature) vanish in that
     scaling, so the graph skips them. `head_backward` walks any head of Linear / Hardswish / Dropout layers.
 
-    With a fitted `gate` (skinscan.gate.LesionDistance) it also outputs `assess`, the scores behind "cannot
+    With a fitted `gate` (skinscan.factory.gate.LesionDistance) it also outputs `assess`, the scores behind "cannot
     assess": the lesion distance of early feature statistics and the image-quality measures.
     """
 
@@ -255,12 +255,12 @@ def build_package(checkpoint_path: str | Path, data_dir: str | Path, split_csv: 
     temperature, the malignancy threshold and the "cannot assess" thresholds.
     Returns the metadata written into the graph.
     """
-    from skinscan.assess import choose_thresholds
-    from skinscan.calibration import fit_temperature
-    from skinscan.data import as_source
-    from skinscan.manifest import write_manifest
-    from skinscan.model import model_from_checkpoint
-    from skinscan.train import TrainConfig, checkpoint_labels, load_checkpoint, load_split_data, softmax
+    from skinscan.factory.calibration import fit_temperature
+    from skinscan.factory.data import as_source
+    from skinscan.factory.model import model_from_checkpoint
+    from skinscan.factory.train import TrainConfig, checkpoint_labels, load_checkpoint, load_split_data, softmax
+    from skinscan.runtime.assess import choose_thresholds
+    from skinscan.runtime.manifest import write_manifest
 
     out_dir = Path(out_dir)
     checkpoint = load_checkpoint(checkpoint_path)

@@ -20,13 +20,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from skinscan.labels import HAM10000, LabelSet
-from skinscan.preprocess import PreprocessConfig, preprocess
+from skinscan.runtime.preprocess import PreprocessConfig, preprocess
 
 METADATA_FILE = "HAM10000_metadata.csv"
 IMAGE_DIR = "images"
 REQUIRED_COLUMNS = ("lesion_id", "image_id", "dx")  # skinscan's names for the group, image id and diagnosis
 SPLITS = ("train", "val", "test")
-# `external`: images set apart for a test on a collection no model trains on (skinscan.sources, issue 23).
+# `external`: images set apart for a test on a collection no model trains on (skinscan.factory.sources, issue 23).
 PARTS = (*SPLITS, "external")
 SPLIT_COLUMNS = ("image_id", "lesion_id", "dx", "split")
 SOURCE_COLUMNS = ("source", "collection")  # multi-source splits only; the training recipe reads them too
@@ -80,7 +80,7 @@ def default_data_dir() -> Path:
     if os.environ.get("SKINSCAN_DATA"):
         return Path(os.environ["SKINSCAN_DATA"])
     relative = Path("../shared/data/ham10000")
-    candidates = [Path.cwd() / relative, Path(__file__).resolve().parents[2] / relative]
+    candidates = [Path.cwd() / relative, Path(__file__).resolve().parents[3] / relative]
     for candidate in candidates:
         if (candidate / METADATA_FILE).is_file():
             return candidate.resolve()
@@ -196,7 +196,7 @@ def split_image_paths(data: str | Path | DataSource, split_csv: str | Path, rows
     """The image file of each row of a split: in its own source's folder for a multi-source split (its
     `source` column and `<split>.sources.json`), else in `data`'s images folder."""
     if "source" in rows.columns:
-        from skinscan.sources import source_image_paths  # sources imports this module
+        from skinscan.factory.sources import source_image_paths  # sources imports this module
 
         return source_image_paths(split_csv, rows)
     return image_paths(data, rows.image_id.tolist())
@@ -383,14 +383,14 @@ def cross_validation_folds(split: pd.DataFrame, folds: int = 5, seed: int = 0) -
 def write_split(split: pd.DataFrame, path: str | Path, sources=None) -> Path:
     """Write the split CSV atomically (a crash never leaves half a file that later steps would trust).
 
-    A multi-source split keeps its `source` and `collection` columns; `sources` (skinscan.sources.NamedSource
+    A multi-source split keeps its `source` and `collection` columns; `sources` (skinscan.factory.sources.NamedSource
     list) also writes `<split>.sources.json`, where later steps find each source's images. It is written first,
     so the split CSV, the file every step looks for, appears last.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if sources is not None:
-        from skinscan.sources import write_sources  # sources imports this module
+        from skinscan.factory.sources import write_sources  # sources imports this module
 
         write_sources(sources, path)
     temporary = path.with_name(path.name + ".tmp")

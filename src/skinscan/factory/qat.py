@@ -94,8 +94,8 @@ def quantization_aware_finetune(checkpoint_path: str | Path, out_dir: str | Path
     Model selection: the epoch whose fake-quantized model has the best validation balanced accuracy
     (the test split stays untouched).
     """
-    from skinscan.model import model_from_checkpoint
-    from skinscan.train import (
+    from skinscan.factory.model import model_from_checkpoint
+    from skinscan.factory.train import (
         TrainConfig,
         checkpoint_labels,
         learning_rate_schedule,

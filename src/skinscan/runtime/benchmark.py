@@ -29,8 +29,8 @@ import numpy as np
 import onnxruntime as ort
 
 from skinscan import __version__
-from skinscan.manifest import MANIFEST, verify_file
-from skinscan.runtime import FP32_FILE, INPUT_NAME, INT8_FILE, PROBABILITIES, bundled_package_dir
+from skinscan.runtime.classifier import FP32_FILE, INPUT_NAME, INT8_FILE, PROBABILITIES, bundled_package_dir
+from skinscan.runtime.manifest import MANIFEST, verify_file
 
 EAGER, ONNX_FP32, ONNX_INT8 = "pytorch-eager", "onnx-fp32", "onnx-int8"
 ENGINES = (EAGER, ONNX_FP32, ONNX_INT8)
@@ -160,7 +160,7 @@ def _megabytes(path: Path) -> float:
 
 
 class EagerEngine(NamedTuple):
-    model: Any                          # skinscan.export.PackagedModel: uint8 NHWC in, like the ONNX graph
+    model: Any                          # skinscan.factory.export.PackagedModel: uint8 NHWC in, like the ONNX graph
     torch: Any                          # the torch module, imported lazily
     input_size: tuple[int, int] | None  # from the checkpoint's preprocess config
 
@@ -172,11 +172,11 @@ def _eager_engine(checkpoint_path: Path, notes: list[str]) -> EagerEngine | None
     except ImportError:
         notes.append("PyTorch eager skipped: torch is not installed (pip install 'skinscan[train]')")
         return None
-    from skinscan.export import PackagedModel
-    from skinscan.model import model_from_checkpoint
-    from skinscan.train import load_checkpoint
+    from skinscan.factory.export import PackagedModel
+    from skinscan.factory.model import model_from_checkpoint
+    from skinscan.factory.train import load_checkpoint
 
-    checkpoint = load_checkpoint(checkpoint_path)  # = skinscan.train.load_model, keeping the preprocess config
+    checkpoint = load_checkpoint(checkpoint_path)  # = skinscan.factory.train.load_model, keeping the preprocess config
     model = model_from_checkpoint(checkpoint).to(memory_format=torch.channels_last)
     size = checkpoint.get("preprocess", {}).get("size")
     return EagerEngine(PackagedModel(model, 1.0).eval(), torch, (int(size[0]), int(size[1])) if size else None)

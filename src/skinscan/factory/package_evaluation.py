@@ -17,9 +17,16 @@ import pandas as pd
 from tqdm import tqdm
 
 from skinscan import DISCLAIMER
-from skinscan.data import DataSource, as_source, read_metadata, read_split, split_image_paths, split_with_metadata
-from skinscan.report import write_evaluation_report
-from skinscan.runtime import Classifier
+from skinscan.factory.data import (
+    DataSource,
+    as_source,
+    read_metadata,
+    read_split,
+    split_image_paths,
+    split_with_metadata,
+)
+from skinscan.factory.report import write_evaluation_report
+from skinscan.runtime.classifier import Classifier
 
 
 def package_predictions(classifier: Classifier, paths: list[Path], batch_size: int = 32,

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from skinscan.data import read_split
-from skinscan.evaluate import checkpoint_model_and_data
-from skinscan.metrics import bootstrap_intervals, paired_bootstrap_difference
-from skinscan.train import checkpoint_labels, predict_logits, softmax
+from skinscan.factory.data import read_split
+from skinscan.factory.evaluate import checkpoint_model_and_data
+from skinscan.factory.metrics import bootstrap_intervals, paired_bootstrap_difference
+from skinscan.factory.train import checkpoint_labels, predict_logits, softmax
 
 
 def _same_images(results: list[dict], names: list[str]) -> None:

@@ -17,7 +17,7 @@ What is verified at load, before ONNX Runtime parses a byte of the model:
   and the metadata keys this runtime needs (labels, names, malignant codes, resize rule, thresholds).
   A missing or malformed key raises `ModelPackageError` naming it.
 
-Decoding and resizing use `skinscan.preprocess` (EXIF orientation, colour modes, JPEG draft decoding,
+Decoding and resizing use `skinscan.runtime.preprocess` (EXIF orientation, colour modes, JPEG draft decoding,
 size limits), i.e. the exact rule the model was trained with, read from the package's metadata.
 
 Packages from `skinscan export` also output `cam`, the Grad-CAM map of the predicted class computed inside the
@@ -38,9 +38,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from skinscan.assess import ASSESS, AssessSpec, AssessSpecError, Verdict
-from skinscan.manifest import IntegrityError, read_manifest, verify_file
-from skinscan.preprocess import ImageSource, PreprocessConfig, load_image, resize_to_input
+from skinscan.runtime.assess import ASSESS, AssessSpec, AssessSpecError, Verdict
+from skinscan.runtime.manifest import IntegrityError, read_manifest, verify_file
+from skinscan.runtime.preprocess import ImageSource, PreprocessConfig, load_image, resize_to_input
 
 FP32_FILE = "skinscan.onnx"
 INT8_FILE = "skinscan-int8.onnx"
@@ -75,7 +75,7 @@ class Prediction:
     # Grad-CAM of the top class on the model's last feature map [h, w], in [0, 1]; None when the package
     # has no `cam` output. It covers the model's input, i.e. the image after the package's resize rule.
     cam: np.ndarray | None = field(default=None, repr=False, compare=False)
-    # Why the image cannot be assessed ("too_blurry", "not_a_lesion", ...; see skinscan.assess), or None. When
+    # Why the image cannot be assessed ("too_blurry", "not_a_lesion", ...; see skinscan.runtime.assess), or None. When
     # set, the diagnosis fields above are what the network said but must not be shown as a result.
     cannot_assess: str | None = None
     cannot_assess_message: str | None = None

@@ -34,8 +34,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 
-from skinscan.manifest import MANIFEST, read_manifest
-from skinscan.runtime import FP32_FILE, INT8_FILE, ModelPackageError, bundled_package_dir
+from skinscan.runtime.classifier import FP32_FILE, INT8_FILE, ModelPackageError, bundled_package_dir
+from skinscan.runtime.manifest import MANIFEST, read_manifest
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -115,7 +115,7 @@ def model_metadata(package_dir: str | Path | None = None) -> dict:
     """
     import onnxruntime as ort
 
-    from skinscan.runtime import Classifier
+    from skinscan.runtime.classifier import Classifier
 
     package_dir = Path(package_dir).expanduser() if package_dir is not None else bundled_package_dir()
     if not (package_dir / MANIFEST).is_file():
@@ -140,7 +140,7 @@ def model_metadata(package_dir: str | Path | None = None) -> dict:
         "malignant": list(classifier.malignant_codes),
         "preprocess": {"size": [height, width], "resize": classifier.config.resize},
         "thresholds": classifier.thresholds,
-        "assess": classifier.metadata.get("skinscan.assess"),  # the "cannot assess" rule (skinscan/assess.py)
+        "assess": classifier.metadata.get("skinscan.assess"),  # the "cannot assess" rule (skinscan/runtime/assess.py)
         "version": classifier.version,
         "temperature": classifier.metadata.get("skinscan.temperature"),
         "input": "image",

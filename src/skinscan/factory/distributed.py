@@ -4,7 +4,7 @@ collective operations the training loop needs.
 `skinscan train` reads torchrun's environment (WORLD_SIZE, RANK, LOCAL_RANK, LOCAL_WORLD_SIZE); without it
 (a plain `skinscan train`) everything here is a no-op and the run is the single-process one.
 
-How the recipe maps onto W processes (see `skinscan.train.train_one_epoch`):
+How the recipe maps onto W processes (see `skinscan.factory.train.train_one_epoch`):
 - the global batch stays `--batch-size`: every process draws the same seeded, class-balanced order of the
   epoch and takes every W-th sample of each global batch, so each step sees the same images a 1-process
   run sees, and DDP's gradient average over the W equal shards is the global batch's gradient;

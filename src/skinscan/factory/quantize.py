@@ -21,7 +21,7 @@ worst-quantized tensors by `qdq_loss_debug`) gave 0.930 / 0.712 but cost 0.6 ms 
 per-run weight dequantization, which ORT does not constant-fold), so everything is INT8 but the
 temperature and the softmax at the very end.
 
-The explanation output `cam` (Grad-CAM of the predicted class, see `skinscan.export.PackagedModel`) stays
+The explanation output `cam` (Grad-CAM of the predicted class, see `skinscan.factory.export.PackagedModel`) stays
 float too: the nodes only it needs (`explanation_only_nodes`) are excluded from quantization. They read the
 dequantized last feature map and head pre-activation, and the head's weights through DequantizeLinear of
 the int8 copies the quantized classifier holds (the quantizer does that itself), so the branch adds no float
@@ -43,15 +43,15 @@ from onnx import helper, numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from skinscan.assess import ASSESS
-from skinscan.data import load_split_images
+from skinscan.factory.data import load_split_images
+from skinscan.factory.metrics import classification_metrics
+from skinscan.factory.onnx_metadata import read_metadata, set_metadata
+from skinscan.factory.ort_mobile import convert_to_ort
 from skinscan.labels import HAM10000, LabelSet
-from skinscan.manifest import verify_file, write_manifest
-from skinscan.metrics import classification_metrics
-from skinscan.onnx_metadata import read_metadata, set_metadata
-from skinscan.ort_mobile import convert_to_ort
-from skinscan.preprocess import PreprocessConfig
-from skinscan.runtime import CAM, CLASSIFICATION_OUTPUTS, FP32_FILE, INT8_FILE
+from skinscan.runtime.assess import ASSESS
+from skinscan.runtime.classifier import CAM, CLASSIFICATION_OUTPUTS, FP32_FILE, INT8_FILE
+from skinscan.runtime.manifest import verify_file, write_manifest
+from skinscan.runtime.preprocess import PreprocessConfig
 
 # Mixed precision: `skinscan quantize` keeps the stem and blocks 1-5 (stride 2-16, 16-40 channels) in float.
 # Measured (docs/RESULTS.md): there INT8 kernels are slower than FP32 on x86 (the 3-channel stem 2.5x, the
@@ -506,7 +506,7 @@ def refit_gate_thresholds(int8_path: Path, val_images: np.ndarray) -> dict:
     spread quantization noise inflates (distances ~4x those of FP32): FP32's threshold would turn lesions
     away. The same rule (`choose_thresholds`, same budget) on the same val images gives INT8 its own line.
     """
-    from skinscan.assess import choose_thresholds
+    from skinscan.runtime.assess import choose_thresholds
 
     scores = session(int8_path).run([ASSESS], {"image": val_images})[0]
     spec = {**choose_thresholds(scores), "precision": "int8"}
@@ -550,7 +550,7 @@ def compare_precisions(fp32_path: Path, int8_path: Path, images: np.ndarray, lab
     codes: the models' label codes in output order (default HAM10000's); labels index into them.
     """
     codes = list(codes or HAM10000.codes)
-    from skinscan.benchmark import compare_latency
+    from skinscan.runtime.benchmark import compare_latency
 
     fp32 = onnx_probabilities(fp32_path, images)
     int8 = onnx_probabilities(int8_path, images)

@@ -2,7 +2,7 @@
 
 Design note (one definition, two runtimes)
 -----------------------------------------
-The graph computes the scores (its `assess` output, see `skinscan.gate`); which score means what and where
+The graph computes the scores (its `assess` output, see `skinscan.factory.gate`); which score means what and where
 the lines are is data, the package's `skinscan.assess` metadata, chosen on the validation split at export:
 
     {"scores": ["lesion_distance", "sharpness", "brightness", "colourfulness"],

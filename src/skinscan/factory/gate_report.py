@@ -3,7 +3,7 @@
 Three sets, each through the real runtime path (`Classifier.classify_batch`: decode, the "too small"
 check, the graph's `assess` scores, the package's thresholds):
 - the lesions of a split part (test by default): the share turned away must stay small (goal <= 2%);
-- the non-lesion corpus (`skinscan.nonlesion`): real images nobody here made (goal >= 95% turned away);
+- the non-lesion corpus (`skinscan.factory.nonlesion`): real images nobody here made (goal >= 95% turned away);
 - synthetic degradations of the same lesions (blur, dark, overexposed, tiny): what a phone gets wrong.
 
 Writes `gate.json` into the package folder; `skinscan card` puts the figures in the model card. Torch-free.
@@ -22,9 +22,9 @@ import pandas as pd
 from PIL import Image, ImageEnhance, ImageFilter
 from tqdm import tqdm
 
-from skinscan.data import read_split, split_image_paths
-from skinscan.preprocess import load_image
-from skinscan.runtime import Classifier
+from skinscan.factory.data import read_split, split_image_paths
+from skinscan.runtime.classifier import Classifier
+from skinscan.runtime.preprocess import load_image
 
 GOALS = {"lesions_rejected_at_most": 0.02, "non_lesions_rejected_at_least": 0.95}
 DEGRADATIONS: dict[str, Callable[[Image.Image], Image.Image]] = {
@@ -52,7 +52,7 @@ class GateInputs:
     part: str
     rows: pd.DataFrame  # the split's rows of `part`, in the order of `lesions`
     lesions: list[Image.Image]
-    corpus: list  # skinscan.nonlesion.NonLesionImage
+    corpus: list  # skinscan.factory.nonlesion.NonLesionImage
     degraded: dict[str, list[Image.Image]]
 
 
@@ -60,7 +60,7 @@ def load_gate_inputs(data_dir: str | Path, split_csv: str | Path, part: str = "t
                      max_images: int = 0) -> GateInputs:
     """Decode the lesions of `part` (the first `max_images` if set), build the non-lesion corpus and the
     degradations."""
-    from skinscan.nonlesion import non_lesion_corpus  # needs scikit-image (dev extra)
+    from skinscan.factory.nonlesion import non_lesion_corpus  # needs scikit-image (dev extra)
 
     split = read_split(split_csv)
     rows = split[split.split == part]
@@ -120,7 +120,7 @@ def _median_scores(predictions) -> dict[str, float]:
 def gate_report(package_dir: str | Path, data_dir: str | Path, split_csv: str | Path, part: str = "test",
                 max_images: int = 0, threads: int | None = None) -> dict:
     """Measure every precision in the package; write `gate.json` beside the models and return it."""
-    from skinscan.runtime import FP32_FILE, INT8_FILE
+    from skinscan.runtime.classifier import FP32_FILE, INT8_FILE
 
     package_dir = Path(package_dir)
     classifiers = {precision: Classifier.load(package_dir, precision=precision, threads=threads)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from skinscan.data import (
+from skinscan.factory.data import (
     IMAGE_DIR,
     METADATA_FILE,
     REQUIRED_COLUMNS,

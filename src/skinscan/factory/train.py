@@ -44,14 +44,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from skinscan import distributed
-from skinscan.augment import AugmentConfig, augment_batch, to_device, to_model_input
-from skinscan.data import DatasetError, load_split_images, read_metadata, read_split
+from skinscan.factory import distributed
+from skinscan.factory.augment import AugmentConfig, augment_batch, to_device, to_model_input
+from skinscan.factory.data import DatasetError, load_split_images, read_metadata, read_split
+from skinscan.factory.model import create_model, model_from_checkpoint
 from skinscan.labels import HAM10000, LabelSet
-from skinscan.model import create_model, model_from_checkpoint
-from skinscan.preprocess import PreprocessConfig
+from skinscan.runtime.preprocess import PreprocessConfig
 
-log = logging.getLogger("skinscan.train")
+log = logging.getLogger("skinscan.factory.train")
 SYNC_EVERY = 25  # steps between the host reading the loss back from the device (each read waits for the GPU)
 
 
@@ -326,7 +326,7 @@ def train_one_epoch(model, ema, data: SplitData, optimizer, scheduler, config: T
     `ema` may be None (no weight averaging); `prepare(model)` runs after `model.train()` (e.g. to freeze
     BatchNorm statistics for quantization-aware fine-tuning); `label` names the progress bar. Under
     torchrun (`context`), `model` is the DDP-wrapped network and this process trains on every
-    world_size-th sample of each global batch (`skinscan.distributed`). `scaler` scales the loss for fp16
+    world_size-th sample of each global batch (`skinscan.factory.distributed`). `scaler` scales the loss for fp16
     autocast (`grad_scaler`). The running loss stays on the device and is read back every `SYNC_EVERY`
     steps, so a GPU is not made to wait for the host at every step.
     """

@@ -13,14 +13,13 @@ import pandas as pd
 import torch
 from sklearn.metrics import balanced_accuracy_score
 
-from skinscan.calibration import fit_temperature, fit_temperature_and_bias, negative_log_likelihood
-from skinscan.data import DataSource, as_source, read_metadata, read_split, split_with_metadata
-from skinscan.metrics import expected_calibration_error
-from skinscan.model import model_from_checkpoint
-from skinscan.preprocess import PreprocessConfig
-from skinscan.report import plot_reliability_diagram, write_evaluation_report
-from skinscan.sources import split_metadata
-from skinscan.train import (
+from skinscan.factory.calibration import fit_temperature, fit_temperature_and_bias, negative_log_likelihood
+from skinscan.factory.data import DataSource, as_source, read_metadata, read_split, split_with_metadata
+from skinscan.factory.metrics import expected_calibration_error
+from skinscan.factory.model import model_from_checkpoint
+from skinscan.factory.report import plot_reliability_diagram, write_evaluation_report
+from skinscan.factory.sources import split_metadata
+from skinscan.factory.train import (
     TrainConfig,
     checkpoint_labels,
     load_checkpoint,
@@ -28,6 +27,7 @@ from skinscan.train import (
     predict_logits,
     softmax,
 )
+from skinscan.runtime.preprocess import PreprocessConfig
 
 
 def checkpoint_model_and_data(checkpoint_path: str | Path, data_dir: str | Path | DataSource, split_csv: str | Path,

@@ -11,7 +11,7 @@ What the graph computes for every image (the `assess` output, one column per sco
 
 Why this design, measured (docs/RESULTS.md, "Cannot assess"): with the threshold that keeps 99% of
 validation lesions, the network's own confidence (max logit, energy) rejected 3% of the non-lesion images
-(`skinscan.nonlesion`): a fine-tuned classifier is confidently wrong on a cat. The Mahalanobis distance of
+(`skinscan.factory.nonlesion`): a fine-tuned classifier is confidently wrong on a cat. The Mahalanobis distance of
 the final pooled features rejected 18%, that of the penultimate layer 13%; the early blocks' statistics
 (texture and colour, before the network specialises) 83-89%, blocks 4+5 together 89%. The quality scores
 catch what feature distance misses: dark, washed-out, blurred, and grey images (the moon, a clock).
@@ -26,7 +26,7 @@ import torch
 from sklearn.covariance import LedoitWolf
 from torch import nn
 
-from skinscan.assess import SCORES, choose_thresholds
+from skinscan.runtime.assess import SCORES, choose_thresholds
 
 __all__ = ["SCORES", "LesionDistance", "choose_thresholds", "feature_statistics", "gate_statistics",
            "image_quality"]
