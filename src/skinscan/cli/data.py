@@ -124,18 +124,40 @@ def add_data_folds(data_verbs) -> None:
 
 def cmd_data_download(args) -> int:
     from skinscan.factory.download import DownloadError, download_ham10000
+    from skinscan.factory.download_isic2019 import download_isic2019
 
     try:
-        out = download_ham10000(args.out, base_url=args.base_url)
+        if args.dataset == "isic2019":
+            out, summary = download_isic2019(args.out, **({"base_url": args.base_url} if args.base_url else {}),
+                                             drop_collections=tuple(args.drop_collection))
+        else:
+            if args.drop_collection:
+                raise UsageError("--drop-collection applies to --dataset isic2019")
+            out = download_ham10000(args.out, **({"base_url": args.base_url} if args.base_url else {}))
     except DownloadError as error:
         raise UsageError(str(error)) from None
-    print(f"HAM10000 is in {out}; check it with `skinscan data validate --data {out}`")
+    if args.dataset == "ham10000":
+        print(f"HAM10000 is in {out}; check it with `skinscan data validate --data {out}`")
+        return 0
+    collections = ", ".join(f"{name} {n}" for name, n in summary["per_collection"].items())
+    dropped = "".join(f"; left out {n} {name} images (--drop-collection)"
+                      for name, n in summary["dropped_collections"].items())
+    print(f"ISIC 2019 is in {out}: {summary['images']} images ({collections}); dropped {summary['dropped_unknown']} "
+          f"labelled UNK{dropped}. AK and SCC are both akiec (dx_isic2019 keeps the original label).")
+    print(f"use it as a source: skinscan data split --source isic2019={out} [--source ham10000=HAM_FOLDER] ...")
     return 0
 
 
 def add_data_download(data_verbs) -> None:
     """The `skinscan data download` options."""
-    download = data_verbs.add_parser("download", help="download the full-resolution HAM10000 (Harvard Dataverse)")
+    download = data_verbs.add_parser("download", help="download a full-resolution data set: HAM10000 (Harvard "
+                                     "Dataverse, the default) or the ISIC 2019 training data (docs/TRAINING.md)")
+    download.add_argument("--dataset", default="ham10000", choices=["ham10000", "isic2019"])
     download.add_argument("--out", type=Path, required=True)
-    download.add_argument("--base-url", default="https://dataverse.harvard.edu")
+    download.add_argument("--base-url", default=None,
+                          help="server to download from (default: https://dataverse.harvard.edu for ham10000, "
+                               "https://isic-challenge-data.s3.amazonaws.com/2019 for isic2019)")
+    download.add_argument("--drop-collection", action="append", default=[], metavar="NAME",
+                          help="isic2019: leave a collection out of metadata.csv, e.g. ham10000 when HAM10000 is "
+                               "another source of the same split (repeatable)")
     download.set_defaults(func=cmd_data_download)
