@@ -305,3 +305,24 @@ def test_multi_source_split_trains_evaluates_exports_and_gets_a_card(two_sources
     assert main(["card", "--model", str(package), "--evaluation", str(tmp_path / "package-eval")]) == 0
     card = (package / "MODEL_CARD.md").read_text()
     assert "## External validation" in card and "| msk |" in card
+
+
+# --------------------------------------------------------------------------------------- the real data
+def test_real_ham10000_plus_isic2019_extra(ham10000_dir, tmp_path):
+    """The split the issue asks for, on ../shared: HAM10000's parts as in the single-source split, the 2,745
+    ISIC 2017-era 256-px images (msk, isic_archive) external and nowhere else."""
+    extra_dir = ham10000_dir.parent / "isic2019_extra"
+    if not (extra_dir / "metadata.csv").is_file():
+        pytest.skip(f"no isic2019_extra copy next to {ham10000_dir}")
+    sources = [parse_source(f"ham10000={ham10000_dir}"), parse_source(f"isic2019_extra={extra_dir}")]
+    split = multi_source_split(sources, external=[ExternalRule("isic2019_extra", "width", "256")],
+                               check_images=False)
+    ham = split[split.source == "ham10000"].reset_index(drop=True)
+    alone = lesion_grouped_split(read_metadata(ham10000_dir), seed=0)
+    assert ham.split.tolist() == alone.split.tolist() and ham.image_id.tolist() == alone.image_id.tolist()
+    external = split[split.split == EXTERNAL]
+    metadata = pd.read_csv(extra_dir / "metadata.csv", dtype=str).set_index("image_id")
+    assert len(external) == 2745 and set(metadata.loc[external.image_id, "width"]) == {"256"}
+    assert set(external.collection) == {"msk", "isic_archive"}
+    assert (metadata.width == "256").sum() == 2745
+    assert not set(external.lesion_id) & set(split[split.split != EXTERNAL].lesion_id)

@@ -126,7 +126,7 @@ def add_compare(verbs) -> None:
                     help="a training checkpoint; repeat for each model (the first is the reference)")
     add_data_arguments(co)
     co.add_argument("--split", type=Path, default=Path("runs/split.csv"))
-    co.add_argument("--part", default="val", choices=["train", "val", "test"],
+    co.add_argument("--part", default="val", choices=["train", "val", "test", "external"],
                     help="score on this part (default val: choose on val, look at test once)")
     co.add_argument("--tta", action="store_true", help="add rows with the 4 flips of each image averaged")
     co.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
@@ -315,7 +315,8 @@ def add_gate(verbs) -> None:
     ga.add_argument("--model", type=Path, default=Path("runs/package"), help="model package folder")
     ga.add_argument("--data", type=Path, default=default_data_dir())
     ga.add_argument("--split", type=Path, default=Path("runs/split.csv"))
-    ga.add_argument("--part", default="test", choices=["val", "test"])
+    ga.add_argument("--part", default="test", choices=["val", "test", "external"],
+                    help="split part whose lesions are measured (external: what `data split --external` set apart)")
     ga.add_argument("--max-images", type=int, default=0, help="only the first N lesions of the part (tests)")
     ga.set_defaults(func=cmd_gate)
 
