@@ -326,3 +326,15 @@ def test_real_ham10000_plus_isic2019_extra(ham10000_dir, tmp_path):
     assert set(external.collection) == {"msk", "isic_archive"}
     assert (metadata.width == "256").sum() == 2745
     assert not set(external.lesion_id) & set(split[split.split != EXTERNAL].lesion_id)
+
+
+def test_histo_weight_reads_each_sources_metadata(two_sources, tmp_path):
+    pytest.importorskip("torch", reason="the sampling weights are torch tensors")
+    from skinscan.factory.train import histopathology_mask
+
+    out = tmp_path / "split.csv"
+    assert main(["data", "split", *two_sources["args"], "--out", str(out)]) == 0
+    split = read_split(out)
+    ids = split[split.split == "train"].image_id.tolist()
+    mask = histopathology_mask(str(tmp_path / "nowhere"), ids, str(out))
+    assert mask.tolist() == [i.startswith("ISIC_1") for i in ids]  # HAM-like rows are all dx_type histo
