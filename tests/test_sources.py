@@ -338,3 +338,14 @@ def test_histo_weight_reads_each_sources_metadata(two_sources, tmp_path):
     ids = split[split.split == "train"].image_id.tolist()
     mask = histopathology_mask(str(tmp_path / "nowhere"), ids, str(out))
     assert mask.tolist() == [i.startswith("ISIC_1") for i in ids]  # HAM-like rows are all dx_type histo
+
+
+def test_validate_checks_each_source_with_line_numbers(two_sources, capsys):
+    assert main(["data", "validate", "--source", f"ham10000={two_sources['ham']}",
+                 "--source", f"isic2019_extra={two_sources['extra']}"]) == 0
+    assert capsys.readouterr().out.count("OK") == 2
+    (two_sources["extra"] / "images" / "ISIC_2000001.jpg").unlink()
+    assert main(["data", "validate", "--source", f"ham10000={two_sources['ham']}",
+                 "--source", f"isic2019_extra={two_sources['extra']}"]) == 1
+    out = capsys.readouterr().out
+    assert "source ham10000" in out and "line 3: no image ISIC_2000001" in out

@@ -19,9 +19,31 @@ def cmd_data_validate(args) -> int:
     from skinscan.factory.data import validate_dataset
     from skinscan.labels import load_label_set
 
+    if args.source:
+        return _validate_sources(args)
+
     report = validate_dataset(data_source(args), check_images=not args.skip_images, labels=load_label_set(args.labels))
     print(report.format(limit=args.limit))
     return 0 if report.ok else 1
+
+
+def _validate_sources(args) -> int:
+    """`skinscan data validate --source NAME=FOLDER ...`: the row-by-row checks `data split --source` makes."""
+    from skinscan.factory.data import DatasetError
+    from skinscan.factory.sources import checked_metadata, parse_source
+    from skinscan.labels import load_label_set
+
+    labels, failed = load_label_set(args.labels), 0
+    for named in map(parse_source, args.source):
+        try:
+            metadata = checked_metadata(named, labels, check_images=not args.skip_images)
+        except DatasetError as error:
+            print(error)
+            failed += 1
+            continue
+        print(f"source {named.name}: {named.source.metadata}: {len(metadata)} rows, images in "
+              f"{named.source.image_dir}\n  OK")
+    return 1 if failed else 0
 
 
 def add_data_validate(data_verbs) -> None:
@@ -30,6 +52,9 @@ def add_data_validate(data_verbs) -> None:
     add_data_arguments(validate, labels=True)
     validate.add_argument("--skip-images", action="store_true", help="do not decode every image")
     validate.add_argument("--limit", type=int, default=5, help="examples shown per problem")
+    validate.add_argument("--source", action="append", default=[], metavar="NAME=FOLDER[,metadata=CSV,...]",
+                          help="check these sources (repeatable) as `data split --source` does, row by row with "
+                               "CSV line numbers, instead of --data")
     validate.set_defaults(func=cmd_data_validate)
 
 
