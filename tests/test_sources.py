@@ -278,6 +278,18 @@ def test_evaluate_the_bundled_package_per_collection_without_torch(two_sources, 
     assert predictions.image_id.tolist() == external.image_id.tolist()
     assert set(predictions.collection) == {"msk", "isic_archive"}
 
+    # The model card takes the per-collection table from an evaluation of the external part.
+    import shutil
+
+    from skinscan.runtime.classifier import bundled_package_dir
+
+    package = tmp_path / "package"
+    shutil.copytree(bundled_package_dir(), package)
+    assert main(["card", "--model", str(package), "--evaluation", str(out), "--external-evaluation", str(out)]) == 0
+    card = (package / "MODEL_CARD.md").read_text()
+    section = card[card.index("## External validation"):card.index("## Limitations")]
+    assert "| msk |" in section and "| all |" in section and "turned away" in section
+
 
 @pytest.mark.slow
 def test_multi_source_split_trains_evaluates_exports_and_gets_a_card(two_sources, tmp_path, capsys):
