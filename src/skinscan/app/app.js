@@ -8,6 +8,7 @@
 // URL parameters (for measuring): ?precision=fp32|int8  ?threads=N  ?maxfps=N (0 = as fast as possible)
 
 import { centerCropBox } from './resize.js';
+import { attachDiary } from './diary-view.js';
 
 const params = new URLSearchParams(location.search);
 const MAX_FPS = params.has('maxfps') ? Number(params.get('maxfps')) : 15;
@@ -464,7 +465,16 @@ async function keepModelOffline(file) {
   registration.active.postMessage({ type: 'cache', urls: [`model/${file}`] });
 }
 
+/** The lesion diary (diary-view.js) saves what is screened on screen: the frozen frame or the picked photo. */
+function screenedNow() {
+  const result = state.lastResult;
+  const current = (state.mode === 'frozen' && result?.source === 'frozen')
+    || (state.mode === 'photo' && result && result === state.photoResults.at(-1));
+  return current ? { result, model: state.model, image: state.mode === 'photo' ? view.photo : view.video } : null;
+}
+
 async function main() {
+  attachDiary({ screened: screenedNow });
   view.freeze.addEventListener('click', () => freeze().catch(fail));
   view.back.addEventListener('click', () => setMode('camera'));
   view.explain.addEventListener('click', toggleCam);
