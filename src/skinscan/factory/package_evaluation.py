@@ -26,6 +26,7 @@ from skinscan.factory.data import (
     split_with_metadata,
 )
 from skinscan.factory.report import write_evaluation_report
+from skinscan.factory.sources import split_metadata
 from skinscan.runtime.classifier import Classifier
 
 
@@ -64,12 +65,16 @@ def evaluate_package(model: str | Path | None, split_csv: str | Path, out_dir: s
     if unknown:
         raise ValueError(f"the {part} part of {split_csv} has diagnoses {', '.join(unknown)} that the package "
                          f"({', '.join(classifier.labels)}) does not predict; score it on a split with its label set")
+    if data is None and "source" not in rows.columns:
+        raise ValueError(f"{split_csv} is a single-source split: say where its images are (--data or --images)")
     source = as_source(data) if data is not None else None
     paths = split_image_paths(source, split_csv, rows)
     probabilities, reasons = package_predictions(classifier, paths, batch_size, desc=f"classify {part}")
     y_true = np.array([classifier.labels.index(dx) for dx in rows.dx])
-    metadata = rows.reset_index(drop=True)
-    if "source" not in rows.columns and source is not None and source.metadata.is_file():
+    metadata = rows.reset_index(drop=True)  # with each image's age, sex and site for the subgroup tables:
+    if "source" in rows.columns:
+        metadata = split_with_metadata(metadata, split_metadata(split_csv))
+    elif source.metadata.is_file():
         metadata = split_with_metadata(metadata, read_metadata(source))
     out_dir = Path(out_dir)
     turned_away = [reason is not None for reason in reasons]
