@@ -135,7 +135,7 @@ def add_compare(verbs) -> None:
     add_data_arguments(co)
     co.add_argument("--split", type=Path, default=Path("runs/split.csv"),
                     help="the split CSV from `skinscan data split`")
-    co.add_argument("--part", default="val", choices=["train", "val", "test"],
+    co.add_argument("--part", default="val", choices=["train", "val", "test", "external"],
                     help="score on this part (default val: choose on val, look at test once)")
     co.add_argument("--tta", action="store_true", help="add rows with the 4 flips of each image averaged")
     co.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
@@ -145,11 +145,15 @@ def add_compare(verbs) -> None:
 
 
 def cmd_evaluate(args) -> int:
+    if args.model is not None:
+        require_extra("report")
+        return _evaluate_package(args)
     require_extra("train")
     from skinscan.factory.evaluate import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(args.checkpoint, data_source(args), args.split, args.out, part=args.part,
                                   tta=args.tta, threads=args.threads)
+    _print_per_collection(metrics)
     melanoma = metrics["per_class"].get("mel")
     headline = (f"{args.part}: balanced accuracy {metrics['balanced_accuracy']:.3f}, macro AUC "
                 f"{metrics['macro_auc']:.3f}, "
@@ -161,6 +165,44 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _evaluate_package(args) -> int:
+    """`skinscan evaluate --model PKG`: score a model package (ONNX Runtime, torch-free) on one split part."""
+    from skinscan.factory.package_evaluation import evaluate_package
+    from skinscan.runtime.classifier import ModelPackageError
+    from skinscan.runtime.manifest import IntegrityError
+
+    if args.tta:
+        raise UsageError("--tta needs a checkpoint; a package is scored as `skinscan predict` runs it")
+    model = None if str(args.model) == "bundled" else args.model
+    try:
+        metrics = evaluate_package(model, args.split, args.out, part=args.part, precision=args.precision,
+                                   data=data_source(args), threads=args.threads or None,
+                                   max_images=args.max_images)
+    except (ModelPackageError, IntegrityError) as error:
+        raise UsageError(str(error)) from None
+    _print_per_collection(metrics)
+    gate = metrics["gate"]
+    print(f"{args.part} ({metrics['package']['precision']}): balanced accuracy {metrics['balanced_accuracy']:.3f}"
+          f" (over the classes present), melanoma AUC {_number(metrics['per_class'].get('mel', {}).get('auc'))}"
+          + (f"; gate turned away {gate['turned_away']} of {gate['n']}" if gate else ""))
+    print(f"report: {Path(args.out) / 'report.md'} (metrics.json, predictions.csv, plots)")
+    print(DISCLAIMER)
+    return 0
+
+
+def _number(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _print_per_collection(metrics: dict) -> None:
+    for name, row in (metrics.get("per_collection") or {}).items():
+        away = row.get("turned_away")
+        print(f"  {name}: n {row['n']}, classes {'/'.join(row['classes_present'])}, balanced accuracy "
+              f"{_number(row['balanced_accuracy'])}, melanoma AUC {_number(row['melanoma_auc'])}, sensitivity at 80% "
+              f"specificity {_number(row['melanoma_sensitivity_at_80_specificity'])}, ECE {_number(row['ece'])}"
+              + ("" if away is None else f", turned away {away:.1%}"))
+
+
 def add_evaluate(verbs) -> None:
     """The `skinscan evaluate` options."""
     ev = verbs.add_parser("evaluate", help="ISIC-challenge metrics, plots and a report for a checkpoint")
@@ -168,11 +210,18 @@ def add_evaluate(verbs) -> None:
     add_data_arguments(ev)
     ev.add_argument("--split", type=Path, default=Path("runs/split.csv"),
                     help="the split CSV from `skinscan data split`")
-    ev.add_argument("--part", default="test", choices=["train", "val", "test"], help="split part to score")
+    ev.add_argument("--part", default="test", choices=["train", "val", "test", "external"],
+                    help="split part to score; 'external' is the collection set apart by `data split --external`")
     ev.add_argument("--out", type=Path, default=Path("runs/evaluation"),
                     help="folder for report.md, metrics.json and the plots")
     ev.add_argument("--tta", action="store_true", help="average the 4 flips of each image")
     ev.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
+    ev.add_argument("--model", type=Path, default=None, metavar="PACKAGE",
+                    help="score a model package instead of --checkpoint, with ONNX Runtime as `skinscan predict` "
+                         "runs it (its own temperature and gate; no torch); 'bundled' for the bundled package")
+    ev.add_argument("--precision", default="auto", choices=["auto", "int8", "fp32"],
+                    help="with --model: which ONNX file of the package (auto = int8 when present)")
+    ev.add_argument("--max-images", type=int, default=0, help="with --model: only the first N images (smoke tests)")
     ev.set_defaults(func=cmd_evaluate)
 
 
@@ -286,7 +335,8 @@ def add_gate(verbs) -> None:
                     help="HAM10000-style data folder the split's images are in (default: %(default)s)")
     ga.add_argument("--split", type=Path, default=Path("runs/split.csv"),
                     help="the split CSV from `skinscan data split`")
-    ga.add_argument("--part", default="test", choices=["val", "test"], help="split part whose lesions are measured")
+    ga.add_argument("--part", default="test", choices=["val", "test", "external"],
+                    help="split part whose lesions are measured (external: what `data split --external` set apart)")
     ga.add_argument("--max-images", type=int, default=0, help="only the first N lesions of the part (tests)")
     ga.set_defaults(func=cmd_gate)
 
@@ -296,7 +346,7 @@ def cmd_card(args) -> int:
     from skinscan.factory.model_card import write_model_card
 
     notes = Path(args.notes).read_text() if args.notes else ""
-    path = write_model_card(args.model, args.evaluation, args.command, notes)
+    path = write_model_card(args.model, args.evaluation, args.command, notes, external_dir=args.external_evaluation)
     print(f"model card: {path}")
     return 0
 
@@ -308,4 +358,7 @@ def add_card(verbs) -> None:
     ca.add_argument("--evaluation", type=Path, default=Path("runs/evaluation"), help="folder with metrics.json")
     ca.add_argument("--command", default="bash scripts/reproduce.sh", help="the command that reproduces the model")
     ca.add_argument("--notes", type=Path, help="markdown file appended to the reproduction section")
+    ca.add_argument("--external-evaluation", type=Path, default=None, metavar="DIR",
+                    help="folder with the metrics.json of `skinscan evaluate --part external`: its per-collection "
+                         "table becomes the card's external-validation section")
     ca.set_defaults(func=cmd_card)
