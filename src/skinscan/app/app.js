@@ -566,7 +566,7 @@ async function cameraLoop() {
 
 async function startCamera() {
   if (!navigator.mediaDevices?.getUserMedia) {
-    view.hint.textContent = 'No camera access in this browser: pick a photo instead.';
+    view.hint.textContent = 'No camera access in this browser: pick a dermoscopic photo instead.';
     return;
   }
   try {
@@ -580,7 +580,7 @@ async function startCamera() {
     view.freeze.disabled = false;
     cameraLoop();
   } catch (error) {
-    view.hint.textContent = `Camera unavailable (${error.name || error.message}): pick a photo instead.`;
+    view.hint.textContent = `Camera unavailable (${error.name || error.message}): pick a dermoscopic photo instead.`;
   }
 }
 
