@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from skinscan.runtime import bundled_package_dir
+from skinscan.runtime.classifier import bundled_package_dir
 
 BROWSER_DIR = Path(__file__).parent / "browser"
 DRIVER = BROWSER_DIR / "drive_diary.mjs"

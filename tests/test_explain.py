@@ -237,10 +237,13 @@ def test_predict_explain_refuses_a_package_without_cam(plain_package, lesions, t
     assert not (tmp_path / "out").exists()
 
 
-def test_predict_loads_matplotlib_only_for_explain(cam_package, lesions):
+def test_predict_explain_needs_neither_torch_nor_matplotlib(cam_package, lesions, tmp_path):
+    """The lean runtime install has neither: the overlays are drawn with Pillow alone."""
     _, paths = lesions
-    arguments = [str(paths[0]), "--model", str(cam_package), "--json", "--threads", "1"]
+    out = tmp_path / "overlays"
+    arguments = [str(paths[0]), "--model", str(cam_package), "--json", "--threads", "1", "--explain", str(out)]
     code = ("import sys; sys.modules['torch'] = None; sys.modules['matplotlib'] = None; "
             f"from skinscan.cli import main; sys.exit(main(['predict', *{arguments!r}]))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+    assert [path.name for path in out.iterdir()] == [f"{paths[0].stem}.png"]

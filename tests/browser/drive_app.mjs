@@ -1,13 +1,14 @@
 // Drives the skinscan web app in headless Chromium and prints what it saw as one JSON document.
 //
-// Used by tests/test_app.py (scenarios "main", "tampered", "photos") and benchmarks/app_frame_time.py
+// Used by tests/test_app.py (scenarios "main", "tampered", "photos", "ux") and benchmarks/app_frame_time.py
 // ("benchmark"). It starts `skinscan app` itself (so that it can stop it for the offline check), on a
 // free port, and feeds Chromium's fake camera from a y4m file.
 //
 //   node tests/browser/drive_app.mjs CONFIG.json
 //
 // CONFIG: {scenario, chromium, server: [argv...], y4m?, photos?: [paths], query?: '?precision=int8',
-//          precisions?: [..], threads?: [..], frames?: N, rounds?: N, screenshot?: path, timeoutMs?}
+//          precisions?: [..], threads?: [..], frames?: N, rounds?: N, screenshot?: path, timeoutMs?,
+//          width?: px (ux), reports?: dir (ux: where the downloaded reports go), screenshots?: dir (ux)}
 
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -55,8 +56,8 @@ async function launch() {
 }
 
 /** A fresh context (own cache and service workers) that records every request and page error. */
-async function newContext(browser, log) {
-  const context = await browser.newContext({ ...PHONE, permissions: ['camera'] });
+async function newContext(browser, log, viewport = PHONE.viewport) {
+  const context = await browser.newContext({ ...PHONE, viewport, permissions: ['camera'], acceptDownloads: true });
   context.on('request', (request) => log.requests.push(request.url()));
   context.on('page', (page) => watch(page, log));
   return context;
@@ -203,6 +204,7 @@ async function photosScenario(browser, log) {
     const shown = await page.evaluate(() => ({
       verdict: document.querySelector('#verdict').innerText,
       malignancy: document.querySelector('#malignancy').innerText,
+      resultText: document.querySelector('#result').innerText,
       classes: document.querySelector('#result').className,
     }));
     await context.close();
@@ -266,8 +268,74 @@ async function benchmarkScenario(browser, log) {
   return out;
 }
 
+/** What a lay user sees, on a narrow phone: a picture that cannot be assessed (no diagnosis, no map), then a
+ * lesion (full class names, the heat map's legend), "Details" off by default, and the report downloads. */
+async function uxScenario(browser, log) {
+  const server = await startServer(config.server);
+  const width = config.width || 360;
+  const shot = async (page, name) => {
+    if (config.screenshots) await page.screenshot({ path: `${config.screenshots}/${name}.png`, fullPage: true });
+  };
+  try {
+    const context = await newContext(browser, log, { width, height: 780 });
+    await context.addInitScript(() => { delete window.showSaveFilePicker; }); // headless: no picker to click
+    const page = await context.newPage();
+    await page.goto(server.url);
+    await cameraFrames(page, 1); // the fake camera's frames: the timings line has content
+    const visible = (selector) => page.locator(selector).isVisible();
+    const out = { details: { statsVisible: await visible('#stats'), checked: await page.isChecked('#details') } };
+    await page.click('#details');
+    out.details.statsVisibleOn = await visible('#stats');
+    out.details.statsText = await page.locator('#stats').innerText();
+    await page.click('#details');
+    out.details.statsVisibleOff = await visible('#stats');
+
+    const report = async (name) => {
+      const download = page.waitForEvent('download', { timeout: TIMEOUT });
+      await page.click('#report');
+      const file = await download;
+      const path = `${config.reports}/${name}.png`;
+      await file.saveAs(path);
+      return { path, suggested: file.suggestedFilename(), ...(await page.evaluate(() => window.skinscan.lastReport)) };
+    };
+    const screen = () => page.evaluate(() => {
+      const box = (s) => document.querySelector(s);
+      return {
+        verdict: box('#verdict').innerText, malignancy: box('#malignancy').innerText,
+        resultText: box('#result').innerText, classes: box('#result').className,
+        names: [...document.querySelectorAll('#top .name')].map((n) => ({ text: n.textContent,
+          scrollWidth: n.scrollWidth, clientWidth: n.clientWidth, visible: n.getClientRects().length > 0 })),
+        result: { scrollWidth: box('#result').scrollWidth, clientWidth: box('#result').clientWidth },
+        page: { scrollWidth: document.documentElement.scrollWidth, innerWidth: window.innerWidth },
+        explain: { disabled: box('#explain').disabled, title: box('#explain').title },
+        camnote: box('#camnote').hidden ? null : box('#camnote').innerText,
+        camHidden: box('#cam').hidden, legendHidden: box('#legend').hidden,
+        legend: box('#legend').innerText,
+      };
+    });
+    const [unassessable, lesion] = config.photos;
+    out.lesion = { result: (await uploadPhotos(page, [lesion]))[0], shown: await screen(),
+      topVisible: await visible('#top') };
+    await shot(page, 'result');
+    await page.click('#explain'); // "Show where it looked": the map and its legend
+    out.lesion.withMap = { shown: await screen(), legendVisible: await visible('#legend') };
+    await shot(page, 'heatmap');
+    out.lesion.report = await report('lesion');
+    // The map stays switched on: the picture that cannot be assessed must still get none.
+    out.unassessable = { result: (await uploadPhotos(page, [unassessable]))[0], shown: await screen(),
+      topVisible: await visible('#top'), legendVisible: await visible('#legend'),
+      camVisible: await visible('#cam') };
+    await shot(page, 'cannot-assess');
+    out.unassessable.report = await report('cannot-assess');
+    await context.close();
+    return out;
+  } finally {
+    await stopServer(server);
+  }
+}
+
 const scenarios = { main: mainScenario, tampered: tamperedScenario, photos: photosScenario,
-  benchmark: benchmarkScenario };
+  benchmark: benchmarkScenario, ux: uxScenario };
 const log = { requests: [], errors: [] };
 const browser = await launch();
 const version = browser.version();

@@ -1,4 +1,5 @@
-// The page: camera, photo picker, results and timings. The model runs in classifier-worker.js.
+// The page: camera, photo picker, results in plain words, the report for the doctor, and (behind "Details")
+// timings. The model runs in classifier-worker.js.
 //
 // One frame is in flight at a time (the worker is the bottleneck, so queueing frames would only add
 // latency), and frames are taken at most `maxfps` times a second (default 15: smooth, and kind to a
@@ -7,6 +8,7 @@
 //
 // URL parameters (for measuring): ?precision=fp32|int8  ?threads=N  ?maxfps=N (0 = as fast as possible)
 
+import { judge } from './assess.js';
 import { centerCropBox } from './resize.js';
 import { attachDiary } from './diary-view.js';
 
@@ -21,7 +23,8 @@ const view = {
   status: $('status'), video: $('camera'), photo: $('photo'), hint: $('hint'), result: $('result'),
   verdict: $('verdict'), top: $('top'), malignancy: $('malignancy'), error: $('error'), freeze: $('freeze'),
   gallery: $('gallery'), back: $('back'), stats: $('stats'), guide: document.querySelector('.guide'),
-  explain: $('explain'), cam: $('cam'),
+  explain: $('explain'), cam: $('cam'), legend: $('legend'), camnote: $('camnote'), report: $('report'),
+  details: $('details'), detail: $('detail'), scores: $('scores'),
 };
 
 const state = {
@@ -80,26 +83,6 @@ async function loadModel() {
 }
 
 // ----------------------------------------------------------------------------------------- results
-/**
- * The package's "cannot assess" rule (metadata `skinscan.assess`), walked exactly as skinscan/runtime/assess.py walks
- * it: too small first, then each check in order; the first that fails is the answer. null: no gate.
- */
-function judge(spec, scores, width, height) {
-  if (!spec || !scores) return null;
-  const named = Object.fromEntries(spec.scores.map((name, i) => [name, scores[i]]));
-  const message = (reason) => (spec.messages && spec.messages[reason]) || reason;
-  if (Math.min(width, height) < (spec.min_side || 0)) {
-    return { reason: 'too_small', message: message('too_small'), scores: named };
-  }
-  for (const check of spec.checks) {
-    const value = named[check.score];
-    const fails = Number.isNaN(value) || (check.below != null && value < check.below)
-      || (check.above != null && value > check.above);
-    if (fails) return { reason: check.reason, message: message(check.reason), scores: named };
-  }
-  return { reason: null, message: null, scores: named };
-}
-
 function interpret(probabilities, assess = null, width = 0, height = 0) {
   const { labels, label_names: names, malignant, thresholds } = state.model;
   const byCode = Object.fromEntries(labels.map((code, i) => [code, probabilities[i]]));
@@ -118,6 +101,28 @@ function interpret(probabilities, assess = null, width = 0, height = 0) {
 const percent = (p) => `${(100 * p).toFixed(p < 0.1 ? 1 : 0)}%`;
 const rows = [];
 
+// What a result means, in plain words: the same sentences as skinscan/runtime/doctor_report.py.
+const PLAIN = {
+  flagged: 'Some features look like skin cancer: see a dermatologist soon.',
+  notFlagged: 'No strong sign of skin cancer in this image; keep watching it and see a doctor if it changes.',
+  noDiagnosis: 'No diagnosis is shown for this image: take a new photo as described above.',
+  noMap: 'No heat map: this image cannot be assessed.',
+};
+
+/** The malignant diagnosis the model rates highest, by name: "the likely type" of a flagged result. */
+function likelyCancer(result) {
+  const code = state.model.malignant.reduce((best, c) => (result.probabilities[c] > result.probabilities[best] ? c
+    : best));
+  return state.model.label_names[code];
+}
+
+/** The headline and the line under it: what the user reads first. */
+function plainWords(result) {
+  if (result.cannotAssess) return [`Cannot assess this image: ${result.cannotAssessMessage}.`, PLAIN.noDiagnosis];
+  if (result.malignant) return [PLAIN.flagged, `Most likely type of skin cancer: ${likelyCancer(result)}.`];
+  return [PLAIN.notFlagged, 'The model\'s likeliest diagnoses:'];
+}
+
 function render(result) {
   if (rows.length === 0) {
     for (let i = 0; i < 3; i++) {
@@ -133,29 +138,40 @@ function render(result) {
       rows.push({ li, name, fill, value });
     }
   }
-  result.top.forEach((entry, i) => {
-    const row = rows[i];
-    row.name.textContent = `${entry.name} (${entry.code})`;
-    row.value.textContent = percent(entry.probability);
-    row.fill.style.width = `${(100 * entry.probability).toFixed(1)}%`;
-    row.li.classList.toggle('malignant', state.model.malignant.includes(entry.code));
-  });
-  const { thresholds } = state.model;
+  // An image that cannot be assessed gets the reason and what to do: no diagnosis, percentage, bar, flag or map.
+  view.top.hidden = result.cannotAssess;
+  if (!result.cannotAssess) {
+    result.top.forEach((entry, i) => {
+      const row = rows[i];
+      row.name.textContent = entry.name;
+      row.value.textContent = percent(entry.probability);
+      row.fill.style.width = `${(100 * entry.probability).toFixed(1)}%`;
+      row.li.classList.toggle('malignant', state.model.malignant.includes(entry.code));
+    });
+  }
   view.result.hidden = false;
   view.result.classList.toggle('flagged', result.malignant && !result.cannotAssess);
   view.result.classList.toggle('unsure', result.cannotAssess);
-  view.verdict.textContent = result.cannotAssess
-    ? `Cannot assess this image: ${result.cannotAssessMessage}.`
-    : result.malignant ? 'Suspicious: see a dermatologist about this lesion.' : 'Not flagged as suspicious.';
-  view.malignancy.textContent = result.cannotAssess ? 'No screening result for this image (the model\'s guesses are '
-    + 'greyed out above).' : `P(${state.model.malignant.join(' + ')}) = ${percent(result.malignantProbability)} `
-    + `(flagged at ≥ ${percent(thresholds.malignant)})`;
+  [view.verdict.textContent, view.malignancy.textContent] = plainWords(result);
+  view.scores.textContent = developerLine(result);
+  view.report.disabled = false;
+}
+
+/** Behind "Details": the numbers behind the answer (never a diagnosis for an image that cannot be assessed). */
+function developerLine(result) {
+  const gate = result.assessment ? Object.entries(result.assessment).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ')
+    : 'no gate in this package';
+  if (result.cannotAssess) return `cannot assess (${result.cannotAssessReason}); gate scores: ${gate}`;
+  const top = result.top.map((entry) => `${entry.code} ${percent(entry.probability)}`).join(', ');
+  return `${top} · P(${state.model.malignant.join(' + ')}) = ${percent(result.malignantProbability)} (flagged at ≥ `
+    + `${percent(state.model.thresholds.malignant)}) · gate scores: ${gate}`;
 }
 
 // -------------------------------------------------------------------------------- Grad-CAM overlay
 // The model's `cam` output (docs/EXPLAIN.md) is an h x w map in [0, 1] over the model's input, i.e. the
 // guide's box: it is written into an h x w canvas (one ImageData, reused) that CSS stretches over the box,
-// which the browser upscales bilinearly. Colours: a jet-like ramp, transparent at low values, alpha <= 0.45.
+// which the browser upscales bilinearly. Colours: a jet-like ramp, transparent at low values, alpha <= 0.65
+// (strong enough to read on a phone in daylight; the legend under the picture says what the colours mean).
 const CAM_LUT = (() => {
   const lut = new Uint8ClampedArray(256 * 4);
   const ramp = (x) => Math.max(0, Math.min(1, x));
@@ -164,7 +180,7 @@ const CAM_LUT = (() => {
     lut[4 * i] = 255 * ramp(1.5 - Math.abs(4 * v - 3));
     lut[4 * i + 1] = 255 * ramp(1.5 - Math.abs(4 * v - 2));
     lut[4 * i + 2] = 255 * ramp(1.5 - Math.abs(4 * v - 1));
-    lut[4 * i + 3] = 255 * 0.45 * ramp((v - 0.15) / 0.25);
+    lut[4 * i + 3] = 255 * 0.65 * ramp((v - 0.15) / 0.25);
   }
   return lut;
 })();
@@ -172,16 +188,41 @@ const camContext = view.cam.getContext('2d');
 let camImage = null; // ImageData, reused while the map's size stays the same
 let camShown = null; // the result whose map is on the overlay
 
+/** "Show where it looked" is off, with the reason on screen, for an image that cannot be assessed. */
+function updateExplain(result) {
+  const blocked = Boolean(result && result.cannotAssess);
+  const hasCam = Boolean(state.model && state.model.hasCam);
+  if (state.phase === 'error') return;
+  view.explain.disabled = !hasCam || blocked;
+  if (hasCam) view.explain.title = blocked ? PLAIN.noMap : EXPLAIN_TITLE;
+  view.camnote.textContent = PLAIN.noMap;
+  view.camnote.hidden = !blocked || !hasCam;
+}
+
+const EXPLAIN_TITLE = 'Overlay the heat map: where the evidence for the likeliest diagnosis lies';
+
 function drawCam(result) {
-  camShown = result && result.cam ? result : null;
+  updateExplain(result);
+  camShown = result && result.cam && !result.cannotAssess ? result : null;
   if (!state.showCam || !camShown) {
     view.cam.hidden = true;
+    view.legend.hidden = true;
     return;
   }
-  const { data, h, w } = camShown.cam;
+  const { h, w } = camShown.cam;
   if (view.cam.width !== w || view.cam.height !== h) Object.assign(view.cam, { width: w, height: h });
   if (!camImage || camImage.width !== w || camImage.height !== h) camImage = camContext.createImageData(w, h);
-  const pixels = camImage.data;
+  const max = paintCam(camShown.cam, camImage);
+  camContext.putImageData(camImage, 0, 0);
+  const last = state.stats.lastCam || (state.stats.lastCam = { h: 0, w: 0, max: 0, source: null });
+  last.h = h; last.w = w; last.max = max; last.source = camShown.source;
+  view.cam.hidden = false;
+  view.legend.hidden = false;
+}
+
+/** Colour a map ({data, h, w} in [0, 1]) into an ImageData of its size with CAM_LUT; returns its maximum. */
+function paintCam({ data, h, w }, image) {
+  const pixels = image.data;
   let max = 0;
   for (let i = 0; i < h * w; i++) {
     const v = data[i] > 0 ? (data[i] < 1 ? data[i] : 1) : 0;
@@ -192,10 +233,7 @@ function drawCam(result) {
     pixels[4 * i + 2] = CAM_LUT[at + 2];
     pixels[4 * i + 3] = CAM_LUT[at + 3];
   }
-  camContext.putImageData(camImage, 0, 0);
-  const last = state.stats.lastCam || (state.stats.lastCam = { h: 0, w: 0, max: 0, source: null });
-  last.h = h; last.w = w; last.max = max; last.source = camShown.source;
-  view.cam.hidden = false;
+  return max;
 }
 
 function toggleCam() {
@@ -222,6 +260,162 @@ function placeGuide() {
   };
   Object.assign(view.guide.style, placement);
   Object.assign(view.cam.style, placement);
+}
+
+// ------------------------------------------------------------------------------ report for the doctor
+// One A4 page (1240 x 1754 px, 150 dpi) drawn on a canvas, as skinscan/runtime/doctor_report.py draws it for
+// `skinscan predict --report`: the picture the model saw, the heat map beside it with its legend, the answer in
+// plain words (or why the image cannot be assessed, and then no diagnosis and no map), the date, the model
+// version and the disclaimer. It is made here and saved where the user chooses; nothing is sent anywhere.
+const PAGE = { width: 1240, height: 1754, margin: 80 };
+const INK = '#14232a';
+const MUTED = '#5a696e';
+
+/** Lines of at most `width` px for `text` in the context's current font. */
+function wrapText(context, text, width) {
+  const lines = [];
+  let line = '';
+  for (const word of text.split(/\s+/)) {
+    const candidate = line ? `${line} ${word}` : word;
+    if (line && context.measureText(candidate).width > width) {
+      lines.push(line);
+      line = word;
+    } else {
+      line = candidate;
+    }
+  }
+  return line ? [...lines, line] : lines;
+}
+
+function drawReport(result) {
+  const canvas = document.createElement('canvas');
+  Object.assign(canvas, { width: PAGE.width, height: PAGE.height });
+  const context = canvas.getContext('2d');
+  context.fillStyle = '#ffffff';
+  context.fillRect(0, 0, PAGE.width, PAGE.height);
+  context.textBaseline = 'top';
+  const width = PAGE.width - 2 * PAGE.margin;
+  let y = PAGE.margin;
+  const text = (content, size, colour = INK, gap = 10, weight = '') => {
+    context.font = `${weight} ${size}px system-ui, sans-serif`;
+    context.fillStyle = colour;
+    for (const line of wrapText(context, content, width)) {
+      context.fillText(line, PAGE.margin, y);
+      y += Math.round(size * 1.25);
+    }
+    y += gap;
+  };
+  const now = new Date();
+  text('Skin lesion screening report', 52, INK, 6, '600');
+  text('For your doctor. Made on this device by skinscan; the photo was not sent anywhere.', 26, MUTED, 4);
+  text(`Date: ${now.toLocaleDateString()} ${now.toLocaleTimeString()}    Image: ${result.source}`, 26, MUTED, 4);
+  text(`Model: skinscan ${state.model.version || 'unknown version'} (${state.model.precision})`, 26, MUTED, 24);
+  context.fillStyle = '#c8cdd0';
+  context.fillRect(PAGE.margin, y, width, 3);
+  y += 30;
+
+  // The picture the model saw (the guide's box of the photo or the frozen frame), and beside it the heat map.
+  const element = state.mode === 'photo' ? view.photo : view.video;
+  const sourceWidth = element.videoWidth || element.naturalWidth;
+  const sourceHeight = element.videoHeight || element.naturalHeight;
+  const [inputHeight, inputWidth] = state.model.preprocess.size;
+  const box = state.model.preprocess.resize === 'center_crop'
+    ? centerCropBox(sourceWidth, sourceHeight, inputHeight, inputWidth) : [0, 0, sourceWidth, sourceHeight];
+  const boxWidth = (width - 40) / 2;
+  const boxHeight = Math.round(boxWidth * inputHeight / inputWidth);
+  const right = PAGE.margin + boxWidth + 40;
+  const picture = (x) => context.drawImage(element, box[0], box[1], box[2] - box[0], box[3] - box[1], x, y, boxWidth,
+    boxHeight);
+  picture(PAGE.margin);
+  context.font = '24px system-ui, sans-serif';
+  context.fillStyle = MUTED;
+  context.fillText('The photo (as the model saw it)', PAGE.margin, y + boxHeight + 8);
+  if (!result.cannotAssess && result.cam) {
+    picture(right);
+    const map = new OffscreenCanvas(result.cam.w, result.cam.h);
+    const mapContext = map.getContext('2d');
+    const image = mapContext.createImageData(result.cam.w, result.cam.h);
+    paintCam(result.cam, image);
+    mapContext.putImageData(image, 0, 0);
+    context.imageSmoothingEnabled = true;
+    context.drawImage(map, right, y, boxWidth, boxHeight); // upscaled bilinearly, as on screen
+    context.fillStyle = MUTED;
+    context.fillText('Where the model looked', right, y + boxHeight + 8);
+    const ramp = context.createLinearGradient(right, 0, right + boxWidth, 0);
+    for (let i = 0; i <= 8; i++) {
+      const at = 4 * Math.round(255 * (i / 8));
+      ramp.addColorStop(i / 8, `rgb(${CAM_LUT[at]}, ${CAM_LUT[at + 1]}, ${CAM_LUT[at + 2]})`);
+    }
+    context.fillStyle = ramp;
+    context.fillRect(right, y + boxHeight + 44, boxWidth, 22);
+    context.fillStyle = MUTED;
+    context.fillText('blue: where it looked least', right, y + boxHeight + 72);
+    context.textAlign = 'right';
+    context.fillText('red: where the model looked most', right + boxWidth, y + boxHeight + 100);
+    context.textAlign = 'left';
+  } else {
+    context.strokeStyle = '#c8cdd0';
+    context.lineWidth = 3;
+    context.strokeRect(right, y, boxWidth, boxHeight);
+    const why = result.cannotAssess ? PLAIN.noMap : 'No heat map: this model package has no explanation output.';
+    wrapText(context, why, boxWidth - 40).forEach((line, i) => context.fillText(line, right + 20, y + 20 + 32 * i));
+  }
+  y += boxHeight + 150;
+
+  const [headline, subline] = plainWords(result);
+  text(headline, 38, result.cannotAssess ? '#8a6500' : result.malignant ? '#be3c14' : INK, 16, '600');
+  text(subline, 30, INK, 4);
+  if (!result.cannotAssess) {
+    result.top.forEach((entry, i) => text(`${i + 1}. ${entry.name}: ${percent(entry.probability)}`, 30, INK, 4));
+  }
+
+  // The disclaimer, boxed at the foot of the page.
+  context.font = '28px system-ui, sans-serif';
+  const footer = wrapText(context, document.querySelector('.disclaimer').textContent.trim(), width - 40);
+  const top = PAGE.height - PAGE.margin - 36 * footer.length - 30;
+  context.strokeStyle = '#be3c14';
+  context.lineWidth = 3;
+  context.strokeRect(PAGE.margin, top, width, PAGE.height - PAGE.margin - top);
+  context.fillStyle = INK;
+  footer.forEach((line, i) => context.fillText(line, PAGE.margin + 20, top + 15 + 36 * i));
+  return canvas;
+}
+
+/** Save `blob` where the user chooses: the file picker where the browser has one, else a download. */
+async function offerDownload(blob, name) {
+  if (typeof window.showSaveFilePicker === 'function') {
+    try {
+      const handle = await window.showSaveFilePicker({ suggestedName: name,
+        types: [{ description: 'PNG image', accept: { 'image/png': ['.png'] } }] });
+      const writable = await handle.createWritable();
+      await writable.write(blob);
+      await writable.close();
+      return 'picker';
+    } catch (error) {
+      if (error.name === 'AbortError') return 'cancelled';
+      // e.g. no user activation left after freezing the frame: fall back to a download
+    }
+  }
+  const url = URL.createObjectURL(blob);
+  const link = Object.assign(document.createElement('a'), { href: url, download: name });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  return 'download';
+}
+
+/** "Report for my doctor": of the photo or the frozen frame (a live camera view is frozen first). */
+async function makeReport() {
+  if (state.mode === 'camera') await freeze();
+  const result = state.lastResult;
+  if (!result) return;
+  const canvas = drawReport(result);
+  const blob = await new Promise((resolve) => canvas.toBlob(resolve, 'image/png'));
+  const stamp = new Date().toISOString().slice(0, 16).replace(/[:T]/g, '-');
+  const name = `skinscan-report-${stamp}.png`;
+  const how = await offerDownload(blob, name);
+  state.lastReport = { name, bytes: blob.size, width: canvas.width, height: canvas.height, how };
 }
 
 // ------------------------------------------------------------------------------------------ timings
@@ -372,7 +566,7 @@ async function cameraLoop() {
 
 async function startCamera() {
   if (!navigator.mediaDevices?.getUserMedia) {
-    view.hint.textContent = 'No camera access in this browser: pick a photo instead.';
+    view.hint.textContent = 'No camera access in this browser: pick a dermoscopic photo instead.';
     return;
   }
   try {
@@ -386,7 +580,7 @@ async function startCamera() {
     view.freeze.disabled = false;
     cameraLoop();
   } catch (error) {
-    view.hint.textContent = `Camera unavailable (${error.name || error.message}): pick a photo instead.`;
+    view.hint.textContent = `Camera unavailable (${error.name || error.message}): pick a dermoscopic photo instead.`;
   }
 }
 
@@ -447,6 +641,7 @@ function fail(error) {
   view.freeze.disabled = true;
   view.gallery.disabled = true;
   view.explain.disabled = true;
+  view.report.disabled = true;
 }
 
 async function registerServiceWorker() {
@@ -478,6 +673,8 @@ async function main() {
   view.freeze.addEventListener('click', () => freeze().catch(fail));
   view.back.addEventListener('click', () => setMode('camera'));
   view.explain.addEventListener('click', toggleCam);
+  view.details.addEventListener('change', () => { view.detail.hidden = !view.details.checked; });
+  view.report.addEventListener('click', () => makeReport().catch((error) => showError(`No report: ${error.message}`)));
   view.gallery.addEventListener('change', pickPhoto);
   for (const [target, event] of [[view.video, 'resize'], [view.photo, 'load'], [window, 'resize']]) {
     target.addEventListener(event, placeGuide);
@@ -491,11 +688,11 @@ async function main() {
   }
   state.phase = 'ready';
   view.explain.disabled = !state.model.hasCam;
-  view.explain.title = state.model.hasCam ? 'Overlay the Grad-CAM map: where the evidence for the top class lies'
+  view.explain.title = state.model.hasCam ? EXPLAIN_TITLE
     : 'This model package has no explanation output (cam): re-export it to get the map';
   placeGuide();
   keepModelOffline(state.model.file).catch((error) => console.warn('model not cached for offline use:', error));
-  view.status.textContent = `Ready · on-device · ${state.model.precision}`;
+  view.status.textContent = 'Ready · runs on this device';
   startCamera();
 }
 

@@ -1,8 +1,9 @@
 """The `skinscan` command: one verb at a time (data, train, evaluate, ...), each saying where results went.
 
-One module per verb family, each verb's options next to its command: `data` (data sets), `factory` (train,
-evaluate, export, quantize, ...; needs torch), `runtime` (predict, benchmark, app; no torch). Heavy modules are
-imported inside the verbs that need them, so `skinscan --help` and the runtime verbs start fast.
+One module per verb family, each verb's options next to its command: `data` (data sets; the `report` extra),
+`factory` (train, evaluate, export, quantize, ...; the `train` or `report` extra), `runtime` (predict, benchmark,
+app; no extra). Heavy modules are imported inside the verbs that need them, so `skinscan --help` and the runtime
+verbs start fast and work in the lean install; a factory verb first checks its extra (`common.require_extra`).
 """
 
 from __future__ import annotations
@@ -40,10 +41,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as error:
         # Our own errors (DatasetError, ImageError, ...) carry a message that says what to do.
-        from skinscan.factory.data import DatasetError
         from skinscan.runtime.preprocess import ImageError
 
-        if isinstance(error, (DatasetError, ImageError, FileNotFoundError, FileExistsError, ValueError)):
+        known: tuple[type[Exception], ...] = (ImageError, FileNotFoundError, FileExistsError, ValueError)
+        data = sys.modules.get("skinscan.factory.data")  # loaded if it raised; importing it needs pandas
+        if data is not None:
+            known += (data.DatasetError,)
+        if isinstance(error, known):
             print(f"skinscan: error: {error}", file=sys.stderr)
             return 2
         raise

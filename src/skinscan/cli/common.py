@@ -1,13 +1,40 @@
-"""What every verb family of the `skinscan` command shares: the usage error, argument types, the data options."""
+"""What every verb family of the `skinscan` command shares: the usage error, argument types, the data options,
+the check that a factory verb's extra is installed."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from pathlib import Path
+
+from skinscan.paths import default_data_dir
+
+# What each pip extra (pyproject.toml) brings, by import name; `require_extra` checks them before a verb runs.
+REPORT_MODULES = ("pandas", "sklearn", "scipy", "matplotlib", "skimage")
+EXTRA_MODULES = {"report": REPORT_MODULES, "train": ("torch", "torchvision", "onnx", *REPORT_MODULES)}
 
 
 class UsageError(Exception):
     """A problem the user can fix; printed as one line, exit status 2, no traceback."""
+
+
+def require_extra(extra: str) -> None:
+    """Raise a UsageError naming the pip extra to install when a module it brings is missing.
+
+    `pip install skinscan` is the runtime only (predict, benchmark, app); the factory verbs call this first, so
+    a user without the extra reads what to install instead of an ImportError's traceback.
+    """
+    missing = [name for name in EXTRA_MODULES[extra] if not _installed(name)]
+    if missing:
+        raise UsageError(f"this command needs the `{extra}` extra ({', '.join(missing)} not installed): "
+                         f'pip install "skinscan[{extra}]"')
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a blocked module (sys.modules[name] = None) or a broken install
+        return False
 
 
 def positive_int(text: str) -> int:
@@ -37,8 +64,6 @@ def data_source(args):
 
 def add_data_arguments(parser: argparse.ArgumentParser, metadata: bool = True, labels: bool = False) -> None:
     """Where the data set is: HAM10000's layout by default, any image folder + CSV with --images/--metadata."""
-    from skinscan.factory.data import default_data_dir
-
     group = parser.add_argument_group("data set", "HAM10000's layout by default; any folder of images plus a CSV "
                                       "with one row per image (ISIC 2019/2020 exports) via --images and --metadata")
     group.add_argument("--data", type=Path, default=default_data_dir(),

@@ -1,7 +1,8 @@
 """`skinscan train / compare / evaluate / export / qat / quantize / gate / regate / card`: the model factory's verbs.
 
 Each command imports torch (or pandas, scikit-learn) inside itself, so `skinscan --help` and the runtime verbs
-work without the `train` extra.
+work without the extras, and first checks that its extra is installed (`require_extra`: `train` for torch or
+onnx, `report` for the reports), so a user without it reads what to install, not an ImportError.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import os
 from pathlib import Path
 
 from skinscan import DISCLAIMER
-from skinscan.cli.common import UsageError, add_data_arguments, data_source, positive_float
+from skinscan.cli.common import UsageError, add_data_arguments, data_source, positive_float, require_extra
+from skinscan.paths import default_data_dir
 
 
 def add_factory_verbs(verbs) -> None:
@@ -20,6 +22,7 @@ def add_factory_verbs(verbs) -> None:
 
 
 def cmd_train(args) -> int:
+    require_extra("train")
     from skinscan.factory.augment import AugmentConfig
     from skinscan.factory.train import TrainConfig, train
     from skinscan.labels import load_label_set
@@ -52,21 +55,24 @@ def add_train(verbs) -> None:
     add_data_arguments(tr, metadata=False, labels=True)
     tr.add_argument("--split", type=Path, default=Path("runs/split.csv"),
                     help="the split CSV from `skinscan data split` (it carries the image ids, groups and labels)")
-    tr.add_argument("--out", type=Path, default=Path("runs/train"))
+    tr.add_argument("--out", type=Path, default=Path("runs/train"),
+                    help="run folder: config, log, metrics, checkpoints (default: %(default)s)")
     tr.add_argument("--arch", default="mobilenet_v3_small",
-                    choices=["mobilenet_v3_small", "mobilenet_v3_large", "mobilenet_v2"])
+                    choices=["mobilenet_v3_small", "mobilenet_v3_large", "mobilenet_v2"], help="network architecture")
     tr.add_argument("--pretrained", default="imagenet",
                     help="'imagenet' (torchvision download), a local state_dict .pth with its .json beside it, "
                          "or 'none' (random initialisation)")
     tr.add_argument("--input-size", type=int, nargs=2, default=(252, 336), metavar=("H", "W"),
                     help="network input (height, width); the default is 1.68x HAM10000's 150x200 source")
-    tr.add_argument("--resize", default="center_crop", choices=["center_crop", "stretch"])
+    tr.add_argument("--resize", default="center_crop", choices=["center_crop", "stretch"],
+                    help="how images reach the input size: crop to its aspect ratio first, or stretch")
     tr.add_argument("--warmup-epochs", type=int, default=1, help="head-only epochs with the backbone frozen")
     tr.add_argument("--epochs", type=int, default=12, help="full fine-tuning epochs")
-    tr.add_argument("--batch-size", type=int, default=64)
-    tr.add_argument("--lr", type=float, default=1e-3)
-    tr.add_argument("--weight-decay", type=float, default=0.05)
-    tr.add_argument("--label-smoothing", type=float, default=0.1)
+    tr.add_argument("--batch-size", type=int, default=64, help="images per training step")
+    tr.add_argument("--lr", type=float, default=1e-3,
+                    help="peak learning rate of the head (AdamW; the backbone's is lower)")
+    tr.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
+    tr.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing of the loss")
     tr.add_argument("--sampling-power", type=float, default=0.5,
                     help="class-balanced sampling strength: 0 natural, 0.5 square-root, 1 fully balanced")
     tr.add_argument("--logit-adjustment", type=float, default=1.0, help="tau of the logit-adjusted loss (0 = off)")
@@ -75,7 +81,7 @@ def add_train(verbs) -> None:
                          "steps, more than the default run on HAM10000 takes (the log says when it has no effect)")
     tr.add_argument("--zoom", type=float, nargs=2, default=(0.85, 1.35), metavar=("MIN", "MAX"),
                     help="random zoom range of the augmentation (>1 zooms in)")
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--seed", type=int, default=0, help="random seed (initialisation, sampling, augmentation)")
     tr.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
     tr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     tr.add_argument("--max-images", type=int, default=0, help="use only ~N images per split (smoke tests)")
@@ -87,7 +93,8 @@ def add_train(verbs) -> None:
                     help="distil from this trained checkpoint (repeat for an ensemble; same labels and input size)")
     tr.add_argument("--distill-weight", type=float, default=0.7,
                     help="share of the distillation term in the loss when --teacher is given")
-    tr.add_argument("--distill-temperature", type=float, default=2.0)
+    tr.add_argument("--distill-temperature", type=float, default=2.0,
+                    help="softmax temperature of the distillation term")
     tr.add_argument("--color-constancy", default="none", choices=["none", "shades-of-gray"],
                     help="shades-of-gray: divide out each image's illuminant estimate (Minkowski p=6) inside the "
                          "model, so export and the runtime apply it too (docs/RESULTS.md run J)")
@@ -108,6 +115,7 @@ def add_train(verbs) -> None:
 
 
 def cmd_compare(args) -> int:
+    require_extra("train")
     from skinscan.factory.compare import compare_checkpoints, format_comparison, write_comparison
 
     comparison = compare_checkpoints(args.checkpoint, data_source(args), args.split, part=args.part, tta=args.tta,
@@ -126,21 +134,27 @@ def add_compare(verbs) -> None:
     co.add_argument("--checkpoint", type=Path, action="append", required=True,
                     help="a training checkpoint; repeat for each model (the first is the reference)")
     add_data_arguments(co)
-    co.add_argument("--split", type=Path, default=Path("runs/split.csv"))
-    co.add_argument("--part", default="val", choices=["train", "val", "test"],
+    co.add_argument("--split", type=Path, default=Path("runs/split.csv"),
+                    help="the split CSV from `skinscan data split`")
+    co.add_argument("--part", default="val", choices=["train", "val", "test", "external"],
                     help="score on this part (default val: choose on val, look at test once)")
     co.add_argument("--tta", action="store_true", help="add rows with the 4 flips of each image averaged")
     co.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
     co.add_argument("--out", type=Path, default=None, help="also write the comparison as JSON here")
-    co.add_argument("--threads", type=int, default=0)
+    co.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
     co.set_defaults(func=cmd_compare)
 
 
 def cmd_evaluate(args) -> int:
+    if args.model is not None:
+        require_extra("report")
+        return _evaluate_package(args)
+    require_extra("train")
     from skinscan.factory.evaluate import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(args.checkpoint, data_source(args), args.split, args.out, part=args.part,
                                   tta=args.tta, threads=args.threads)
+    _print_per_collection(metrics)
     melanoma = metrics["per_class"].get("mel")
     headline = (f"{args.part}: balanced accuracy {metrics['balanced_accuracy']:.3f}, macro AUC "
                 f"{metrics['macro_auc']:.3f}, "
@@ -152,20 +166,68 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _evaluate_package(args) -> int:
+    """`skinscan evaluate --model PKG`: score a model package (ONNX Runtime, torch-free) on one split part."""
+    from skinscan.factory.package_evaluation import evaluate_package
+    from skinscan.runtime.classifier import ModelPackageError
+    from skinscan.runtime.manifest import IntegrityError
+
+    if args.tta:
+        raise UsageError("--tta needs a checkpoint; a package is scored as `skinscan predict` runs it")
+    model = None if str(args.model) == "bundled" else args.model
+    try:
+        metrics = evaluate_package(model, args.split, args.out, part=args.part, precision=args.precision,
+                                   data=data_source(args), threads=args.threads or None,
+                                   max_images=args.max_images)
+    except (ModelPackageError, IntegrityError) as error:
+        raise UsageError(str(error)) from None
+    _print_per_collection(metrics)
+    gate = metrics["gate"]
+    print(f"{args.part} ({metrics['package']['precision']}): balanced accuracy {metrics['balanced_accuracy']:.3f}"
+          f" (over the classes present), melanoma AUC {_number(metrics['per_class'].get('mel', {}).get('auc'))}"
+          + (f"; gate turned away {gate['turned_away']} of {gate['n']}" if gate else ""))
+    print(f"report: {Path(args.out) / 'report.md'} (metrics.json, predictions.csv, plots)")
+    print(DISCLAIMER)
+    return 0
+
+
+def _number(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _print_per_collection(metrics: dict) -> None:
+    for name, row in (metrics.get("per_collection") or {}).items():
+        away = row.get("turned_away")
+        print(f"  {name}: n {row['n']}, classes {'/'.join(row['classes_present'])}, balanced accuracy "
+              f"{_number(row['balanced_accuracy'])}, melanoma AUC {_number(row['melanoma_auc'])}, sensitivity at 80% "
+              f"specificity {_number(row['melanoma_sensitivity_at_80_specificity'])}, ECE {_number(row['ece'])}"
+              + ("" if away is None else f", turned away {away:.1%}"))
+
+
 def add_evaluate(verbs) -> None:
     """The `skinscan evaluate` options."""
     ev = verbs.add_parser("evaluate", help="ISIC-challenge metrics, plots and a report for a checkpoint")
-    ev.add_argument("--checkpoint", type=Path, default=Path("runs/train/best.pt"))
+    ev.add_argument("--checkpoint", type=Path, default=Path("runs/train/best.pt"), help="training checkpoint")
     add_data_arguments(ev)
-    ev.add_argument("--split", type=Path, default=Path("runs/split.csv"))
-    ev.add_argument("--part", default="test", choices=["train", "val", "test"])
-    ev.add_argument("--out", type=Path, default=Path("runs/evaluation"))
+    ev.add_argument("--split", type=Path, default=Path("runs/split.csv"),
+                    help="the split CSV from `skinscan data split`")
+    ev.add_argument("--part", default="test", choices=["train", "val", "test", "external"],
+                    help="split part to score; 'external' is the collection set apart by `data split --external`")
+    ev.add_argument("--out", type=Path, default=Path("runs/evaluation"),
+                    help="folder for report.md, metrics.json and the plots")
     ev.add_argument("--tta", action="store_true", help="average the 4 flips of each image")
-    ev.add_argument("--threads", type=int, default=0)
+    ev.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
+    ev.add_argument("--model", type=Path, default=None, metavar="PACKAGE",
+                    help="score a model package instead of --checkpoint, with ONNX Runtime as `skinscan predict` "
+                         "runs it (its own temperature and gate; no torch); 'bundled' for the bundled package")
+    ev.add_argument("--precision", default="auto", choices=["auto", "int8", "fp32"],
+                    help="with --model: which ONNX file of the package (auto = int8 when present)")
+    ev.add_argument("--max-images", type=int, default=0, help="with --model: only the first N images (smoke tests)")
     ev.set_defaults(func=cmd_evaluate)
 
 
 def cmd_export(args) -> int:
+    require_extra("train")
     from skinscan.factory.export import build_package
 
     metadata = build_package(args.checkpoint, args.images or args.data, args.split, args.out, threads=args.threads,
@@ -179,11 +241,12 @@ def cmd_export(args) -> int:
 def add_export(verbs) -> None:
     """The `skinscan export` options."""
     ex = verbs.add_parser("export", help="checkpoint -> model package (ONNX with calibration, ORT Mobile form)")
-    ex.add_argument("--checkpoint", type=Path, default=Path("runs/train/best.pt"))
+    ex.add_argument("--checkpoint", type=Path, default=Path("runs/train/best.pt"), help="training checkpoint")
     add_data_arguments(ex, metadata=False)
-    ex.add_argument("--split", type=Path, default=Path("runs/split.csv"))
-    ex.add_argument("--out", type=Path, default=Path("runs/package"))
-    ex.add_argument("--threads", type=int, default=0)
+    ex.add_argument("--split", type=Path, default=Path("runs/split.csv"),
+                    help="the split CSV; its val part fits the calibration and thresholds")
+    ex.add_argument("--out", type=Path, default=Path("runs/package"), help="model package folder to write")
+    ex.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
     ex.add_argument("--extra", type=Path, default=None,
                     help="the ISIC 2019 extra folder: its images other than the 256-px external collection join the "
                          "gate's fit (see `skinscan regate`)")
@@ -191,6 +254,7 @@ def add_export(verbs) -> None:
 
 
 def cmd_qat(args) -> int:
+    require_extra("train")
     from skinscan.factory.qat import quantization_aware_finetune
 
     best = quantization_aware_finetune(args.checkpoint, args.out, args.images or args.data, args.split,
@@ -204,17 +268,20 @@ def cmd_qat(args) -> int:
 def add_qat(verbs) -> None:
     """The `skinscan qat` options."""
     qa = verbs.add_parser("qat", help="quantization-aware fine-tuning of a checkpoint (INT8 simulated)")
-    qa.add_argument("--checkpoint", type=Path, default=Path("runs/train/best.pt"))
+    qa.add_argument("--checkpoint", type=Path, default=Path("runs/train/best.pt"),
+                    help="training checkpoint to fine-tune")
     add_data_arguments(qa, metadata=False)
-    qa.add_argument("--split", type=Path, default=Path("runs/split.csv"))
-    qa.add_argument("--out", type=Path, default=Path("runs/qat"))
-    qa.add_argument("--epochs", type=int, default=2)
-    qa.add_argument("--lr", type=float, default=1e-4)
-    qa.add_argument("--threads", type=int, default=0)
+    qa.add_argument("--split", type=Path, default=Path("runs/split.csv"),
+                    help="the split CSV from `skinscan data split`")
+    qa.add_argument("--out", type=Path, default=Path("runs/qat"), help="run folder for the checkpoint and its history")
+    qa.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs")
+    qa.add_argument("--lr", type=float, default=1e-4, help="learning rate")
+    qa.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
     qa.set_defaults(func=cmd_qat)
 
 
 def cmd_quantize(args) -> int:
+    require_extra("train")
     from skinscan.factory.quantize import quantize_package
 
     report = quantize_package(args.model, args.data, args.split, part=args.part,
@@ -233,12 +300,12 @@ def cmd_quantize(args) -> int:
 
 def add_quantize(verbs) -> None:
     """The `skinscan quantize` options."""
-    from skinscan.factory.data import default_data_dir
-
     qu = verbs.add_parser("quantize", help="add a static INT8 model to a package; accuracy/latency report")
     qu.add_argument("--model", type=Path, default=Path("runs/package"), help="model package folder")
-    qu.add_argument("--data", type=Path, default=default_data_dir())
-    qu.add_argument("--split", type=Path, default=Path("runs/split.csv"))
+    qu.add_argument("--data", type=Path, default=default_data_dir(),
+                    help="HAM10000-style data folder the split's images are in (default: %(default)s)")
+    qu.add_argument("--split", type=Path, default=Path("runs/split.csv"),
+                    help="the split CSV from `skinscan data split`")
     qu.add_argument("--part", default="test", choices=["val", "test"], help="split part the report scores")
     qu.add_argument("--calibration-images", type=int, default=256, help="training images used to calibrate")
     qu.add_argument("--method", default="MinMax", choices=["MinMax", "Percentile", "Entropy"],
@@ -247,11 +314,12 @@ def add_quantize(verbs) -> None:
     qu.add_argument("--float-blocks", type=int, default=None, metavar="N",
                     help="keep the stem and the first N-1 blocks in float "
                     "(default: 6; see skinscan/factory/quantize.py)")
-    qu.add_argument("--seed", type=int, default=0)
+    qu.add_argument("--seed", type=int, default=0, help="random seed of the calibration images' sample")
     qu.set_defaults(func=cmd_quantize)
 
 
 def cmd_gate(args) -> int:
+    require_extra("report")
     from skinscan.factory.gate_report import format_gate_report, gate_report
     from skinscan.runtime.classifier import ModelPackageError
 
@@ -267,13 +335,14 @@ def cmd_gate(args) -> int:
 
 def add_gate(verbs) -> None:
     """The `skinscan gate` options."""
-    from skinscan.factory.data import default_data_dir
-
     ga = verbs.add_parser("gate", help="measure the 'cannot assess' gate: lesions, non-lesion images, degradations")
     ga.add_argument("--model", type=Path, default=Path("runs/package"), help="model package folder")
-    ga.add_argument("--data", type=Path, default=default_data_dir())
-    ga.add_argument("--split", type=Path, default=Path("runs/split.csv"))
-    ga.add_argument("--part", default="test", choices=["val", "test"])
+    ga.add_argument("--data", type=Path, default=default_data_dir(),
+                    help="HAM10000-style data folder the split's images are in (default: %(default)s)")
+    ga.add_argument("--split", type=Path, default=Path("runs/split.csv"),
+                    help="the split CSV from `skinscan data split`")
+    ga.add_argument("--part", default="test", choices=["val", "test", "external"],
+                    help="split part whose lesions are measured (external: what `data split --external` set apart)")
     ga.add_argument("--max-images", type=int, default=0, help="only the first N lesions of the part (tests)")
     ga.add_argument("--external", type=Path, default=None,
                     help="the ISIC 2019 extra folder: also measure its external collection (the 256-px images)")
@@ -283,6 +352,7 @@ def add_gate(verbs) -> None:
 
 
 def cmd_regate(args) -> int:
+    require_extra("train")  # onnx and scikit-learn (torch itself is not needed)
     from skinscan.factory.regate import FitData, GateGraphError, regate_package
     from skinscan.runtime.manifest import IntegrityError
 
@@ -308,8 +378,6 @@ def cmd_regate(args) -> int:
 
 def add_regate(verbs) -> None:
     """The `skinscan regate` options."""
-    from skinscan.factory.data import default_data_dir
-
     rg = verbs.add_parser("regate", help="re-fit a package's 'cannot assess' gate on all training sources "
                           "(no checkpoint needed; the classifier's outputs stay identical)")
     rg.add_argument("--model", type=Path, default=Path("runs/package"), help="model package folder (edited in place)")
@@ -328,10 +396,11 @@ def add_regate(verbs) -> None:
 
 
 def cmd_card(args) -> int:
+    require_extra("report")
     from skinscan.factory.model_card import write_model_card
 
     notes = Path(args.notes).read_text() if args.notes else ""
-    path = write_model_card(args.model, args.evaluation, args.command, notes)
+    path = write_model_card(args.model, args.evaluation, args.command, notes, external_dir=args.external_evaluation)
     print(f"model card: {path}")
     return 0
 
@@ -339,8 +408,11 @@ def cmd_card(args) -> int:
 def add_card(verbs) -> None:
     """The `skinscan card` options."""
     ca = verbs.add_parser("card", help="write MODEL_CARD.md into a package from the measured numbers")
-    ca.add_argument("--model", type=Path, default=Path("runs/package"))
+    ca.add_argument("--model", type=Path, default=Path("runs/package"), help="model package folder")
     ca.add_argument("--evaluation", type=Path, default=Path("runs/evaluation"), help="folder with metrics.json")
     ca.add_argument("--command", default="bash scripts/reproduce.sh", help="the command that reproduces the model")
     ca.add_argument("--notes", type=Path, help="markdown file appended to the reproduction section")
+    ca.add_argument("--external-evaluation", type=Path, default=None, metavar="DIR",
+                    help="folder with the metrics.json of `skinscan evaluate --part external`: its per-collection "
+                         "table becomes the card's external-validation section")
     ca.set_defaults(func=cmd_card)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 from skinscan import DISCLAIMER
-from skinscan.cli.common import UsageError, positive_int
+from skinscan.cli.common import UsageError, positive_int, require_extra
 
 
 def add_runtime_verbs(verbs) -> None:
@@ -35,8 +36,11 @@ def cmd_predict(args) -> int:
     if args.explain is not None and not classifier.has_cam:
         raise UsageError(f"this model package ({classifier.path}) has no explanation output (`cam`), so --explain "
                          "cannot draw one; re-export it with `skinscan export` (then `skinscan quantize`)")
+    if args.report is not None:
+        _check_report_dir(args.report)
 
     predictions, overlays, taken = [], 0, set()
+    reports, replaced, report_names = [], [], set()
     with tqdm(total=len(images), unit="image", desc="classifying", file=sys.stderr, disable=len(images) < 2) as bar:
         for start in range(0, len(images), args.batch_size):
             chunk, arrays, sources, sizes = images[start:start + args.batch_size], [], [], []
@@ -53,14 +57,18 @@ def cmd_predict(args) -> int:
                 batch = classifier.classify_arrays(np.stack(arrays), sources, sizes)
                 predictions += batch
                 if args.explain is not None:
-                    from skinscan.runtime.explain import (  # loads matplotlib, only for --explain
-                        overlay_path,
-                        save_overlay,
-                    )
+                    from skinscan.runtime.explain import overlay_path, save_overlay
 
                     for array, prediction in zip(arrays, batch, strict=True):
+                        if not prediction.assessable:  # no diagnosis, so no map of where it came from
+                            continue
                         save_overlay(array, prediction, overlay_path(args.explain, prediction.source, taken))
                         overlays += 1
+                if args.report is not None:
+                    for array, prediction in zip(arrays, batch, strict=True):
+                        written, overwritten = _write_report(args.report, classifier, array, prediction, report_names)
+                        reports += written
+                        replaced += overwritten
             bar.update(len(chunk))
 
     if args.json:
@@ -74,10 +82,49 @@ def cmd_predict(args) -> int:
         for path, reason in failures:
             print(f"  {path}: {reason}", file=sys.stderr)
     if args.explain is not None:
-        print(f"{overlays} explanation overlay(s) (Grad-CAM of the top diagnosis) written to {args.explain}",
+        skipped = sum(not p.assessable for p in predictions)
+        print(f"{overlays} explanation overlay(s) (Grad-CAM of the top diagnosis) written to {args.explain}"
+              + (f"; none for the {skipped} image(s) that cannot be assessed" if skipped else ""),
               file=sys.stderr if args.json or args.csv else sys.stdout)
+    if args.report is not None:
+        where = sys.stderr if args.json or args.csv else sys.stdout
+        print(f"{len(reports) // 2} report(s) for the doctor (one page each, PNG and PDF) written to {args.report}:",
+              file=where)
+        for path in reports:
+            print(f"  {path}" + ("  (replaced the file that was there)" if path in replaced else ""), file=where)
     print(DISCLAIMER, file=sys.stderr if args.json or args.csv else sys.stdout)
     return 1 if failures else 0
+
+
+def _check_report_dir(folder: Path) -> None:
+    """--report DIR must be a folder we can write to (created if missing); a clear error before any work."""
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--report {folder}: that is a file, not a folder; pass a folder for the reports (it is "
+                         "created if missing)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"--report {folder}: cannot create that folder ({error.strerror}); pass a folder you can "
+                         "write to") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"--report {folder}: this folder is not writable; pass a folder you can write to")
+
+
+def _write_report(folder: Path, classifier, array, prediction, taken: set[str]) -> tuple[list[Path], list[Path]]:
+    """One doctor's report page for `prediction` (PNG + PDF): (files written, files among them that were replaced)."""
+    from skinscan.runtime.doctor_report import ReportModel, render_report, report_name, save_report
+
+    model = ReportModel(classifier.version, classifier.precision, classifier.malignant_codes, classifier.label_names)
+    index = 0
+    while report_name(prediction.source, index) in taken:  # two photos with the same name: both get a report
+        index += 1
+    name = report_name(prediction.source, index)
+    taken.add(name)
+    try:
+        return save_report(render_report(array, prediction, model), folder, name)
+    except OSError as error:
+        raise UsageError(f"--report {folder}: cannot write {name}.png / .pdf ({error.strerror or error}); pass a "
+                         "folder you can write to") from None
 
 
 def add_predict(verbs) -> None:
@@ -86,16 +133,21 @@ def add_predict(verbs) -> None:
     pr.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (searched recursively) or globs")
     pr.add_argument("--model", type=Path, default=None,
                     help="model package folder or an .onnx file in one (default: the bundled package)")
-    pr.add_argument("--precision", default="auto", choices=["auto", "int8", "fp32"],
-                    help="which ONNX file of the package; auto = int8 when the package has it")
+    pr.add_argument("--precision", default=None, choices=["auto", "int8", "fp32"],
+                    help="which ONNX file of the package (default: fp32, as the web app, so both give the same "
+                         "answer for the same image; auto = int8 when the package has it)")
     output = pr.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="one JSON document on stdout")
     output.add_argument("--csv", action="store_true", help="CSV on stdout: one row per image, every probability")
     pr.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime threads (default: all cores)")
-    pr.add_argument("--batch-size", type=positive_int, default=16)
+    pr.add_argument("--batch-size", type=positive_int, default=16,
+                    help="images per ONNX Runtime call (more: a little faster, more memory)")
     pr.add_argument("--explain", type=Path, metavar="OUT_DIR", default=None,
                     help="also write one PNG per image into OUT_DIR: the image under a Grad-CAM heatmap of where "
                          "the model looked for its top diagnosis (needs a package exported with the `cam` output)")
+    pr.add_argument("--report", type=Path, metavar="DIR", default=None,
+                    help="also write a one-page report for the doctor per image into DIR (PNG and PDF): the photo, "
+                         "where the model looked, the result in plain words, the date, the model version")
     pr.set_defaults(func=cmd_predict)
 
 
@@ -119,9 +171,12 @@ def _print_predictions_csv(classifier, predictions) -> None:
     writer.writerow(["file", "label", "name", "probability", *classifier.labels, "malignant_probability", "malignant",
                      "cannot_assess"])
     for p in predictions:
+        if not p.assessable:  # no diagnosis for an image that cannot be assessed (--json has it for developers)
+            writer.writerow([p.source, *[""] * (len(classifier.labels) + 5), p.cannot_assess])
+            continue
         writer.writerow([p.source, p.label, p.name, f"{p.probability:.6f}",
                          *(f"{p.probabilities[code]:.6f}" for code in classifier.labels),
-                         f"{p.malignant_probability:.6f}", "true" if p.malignant else "false", p.cannot_assess or ""])
+                         f"{p.malignant_probability:.6f}", "true" if p.malignant else "false", ""])
 
 
 def _print_predictions_table(classifier, predictions) -> None:
@@ -156,8 +211,14 @@ def cmd_benchmark(args) -> int:
     from skinscan.runtime.benchmark import format_table, run_benchmark, stderr_progress, write_json
     from skinscan.runtime.manifest import IntegrityError
 
+    eager = None
+    if args.checkpoint is not None:
+        require_extra("train")
+        from skinscan.factory.eager import load_eager_engine
+
+        eager = load_eager_engine(args.checkpoint)
     try:
-        report = run_benchmark(args.model, args.checkpoint, threads=args.threads, batches=args.batch,
+        report = run_benchmark(args.model, eager, threads=args.threads, batches=args.batch,
                                iterations=args.iterations, warmup=args.warmup, rounds=args.rounds,
                                progress=stderr_progress)
     except IntegrityError as error:
@@ -172,7 +233,7 @@ def add_benchmark(verbs) -> None:
     be = verbs.add_parser("benchmark", help="latency and throughput: PyTorch eager vs ONNX FP32 vs INT8, sizes")
     be.add_argument("--model", type=Path, default=None, help="model package folder (default: the bundled package)")
     be.add_argument("--checkpoint", type=Path, default=None,
-                    help="training checkpoint: adds the PyTorch eager engine (needs torch)")
+                    help="training checkpoint: adds the PyTorch eager engine (needs the `train` extra)")
     be.add_argument("--threads", type=positive_int, nargs="+", default=None,
                     help="thread counts to measure (default: 1 and all cores)")
     be.add_argument("--batch", type=positive_int, nargs="+", default=[1], help="batch sizes to measure")
@@ -201,6 +262,6 @@ def add_app(verbs) -> None:
     ap = verbs.add_parser("app", help="serve the offline camera web app (screening runs in the browser)")
     ap.add_argument("--host", default="127.0.0.1",
                     help="address to listen on; anything but loopback makes the page reachable from the network")
-    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port)")
     ap.add_argument("--model", type=Path, default=None, help="model package folder (default: the bundled package)")
     ap.set_defaults(func=cmd_app)

@@ -20,12 +20,16 @@ from PIL import Image
 from tqdm import tqdm
 
 from skinscan.labels import HAM10000, LabelSet
+from skinscan.paths import METADATA_FILE, default_data_dir  # noqa: F401 (default_data_dir: callers import it here)
 from skinscan.runtime.preprocess import PreprocessConfig, preprocess
 
-METADATA_FILE = "HAM10000_metadata.csv"
 IMAGE_DIR = "images"
 REQUIRED_COLUMNS = ("lesion_id", "image_id", "dx")  # skinscan's names for the group, image id and diagnosis
 SPLITS = ("train", "val", "test")
+# `external`: images set apart for a test on a collection no model trains on (skinscan.factory.sources, issue 23).
+PARTS = (*SPLITS, "external")
+SPLIT_COLUMNS = ("image_id", "lesion_id", "dx", "split")
+SOURCE_COLUMNS = ("source", "collection")  # multi-source splits only; the training recipe reads them too
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
@@ -69,18 +73,6 @@ def as_source(data: str | Path | DataSource) -> DataSource:
     folder = Path(data)
     image_dir = folder / IMAGE_DIR if (folder / IMAGE_DIR).is_dir() else folder
     return DataSource(image_dir=image_dir, metadata=folder / METADATA_FILE)
-
-
-def default_data_dir() -> Path:
-    """`$SKINSCAN_DATA`, else `../shared/data/ham10000` next to the working directory or the repository."""
-    if os.environ.get("SKINSCAN_DATA"):
-        return Path(os.environ["SKINSCAN_DATA"])
-    relative = Path("../shared/data/ham10000")
-    candidates = [Path.cwd() / relative, Path(__file__).resolve().parents[3] / relative]
-    for candidate in candidates:
-        if (candidate / METADATA_FILE).is_file():
-            return candidate.resolve()
-    return candidates[0]
 
 
 COLUMN_OPTIONS = {"image_id": "the image id, --id-column", "lesion_id": "the lesion/patient group, --group-column",
@@ -188,6 +180,16 @@ def image_paths(data: str | Path | DataSource, image_ids: Sequence[str]) -> list
     return [found[image_id] for image_id in image_ids]
 
 
+def split_image_paths(data: str | Path | DataSource, split_csv: str | Path, rows: pd.DataFrame) -> list[Path]:
+    """The image file of each row of a split: in its own source's folder for a multi-source split (its
+    `source` column and `<split>.sources.json`), else in `data`'s images folder."""
+    if "source" in rows.columns:
+        from skinscan.factory.sources import source_image_paths  # sources imports this module
+
+        return source_image_paths(split_csv, rows)
+    return image_paths(data, rows.image_id.tolist())
+
+
 def _image_files(image_dir: Path) -> dict[str, Path]:
     if not image_dir.is_dir():
         return {}
@@ -237,7 +239,7 @@ def load_split_images(data_dir: str | Path | DataSource, split_csv: str | Path, 
         rows = rows.groupby("dx").head(per_class) if rows.dx.value_counts().min() < per_class else \
             rows.groupby("dx").sample(n=per_class, replace=False, random_state=seed)
         rows = rows.sort_index()
-    paths = image_paths(data_dir, rows.image_id.tolist())
+    paths = split_image_paths(data_dir, split_csv, rows)
     images = decode_images(paths, config, threads=threads, desc=f"decode {part}")
     indices = np.array([labels.index(dx) for dx in rows.dx], dtype=np.int64)
     return images, indices, rows.image_id.tolist()
@@ -346,7 +348,7 @@ def cross_validation_folds(split: pd.DataFrame, folds: int = 5, seed: int = 0) -
     """
     if folds < 2:
         raise ValueError(f"cross-validation needs at least 2 folds, got {folds}")
-    pool = split[split.split != "test"]
+    pool = split[split.split.isin(("train", "val"))]
     fold_of: dict[str, int] = {}
     for dx, images_per_lesion, lesions in shuffled_lesions_by_diagnosis(pool, np.random.default_rng(seed)):
         if len(lesions) < folds:
@@ -359,19 +361,28 @@ def cross_validation_folds(split: pd.DataFrame, folds: int = 5, seed: int = 0) -
             fold_of[lesion] = group
     result = []
     for k in range(folds):
-        fold = split[["image_id", "lesion_id", "dx", "split"]].copy()
-        in_pool = fold.split != "test"
+        fold = split[[c for c in (*SPLIT_COLUMNS, *SOURCE_COLUMNS) if c in split.columns]].copy()
+        in_pool = fold.split.isin(("train", "val"))
         fold.loc[in_pool, "split"] = np.where(fold.loc[in_pool, "lesion_id"].map(fold_of) == k, "val", "train")
         result.append(fold.reset_index(drop=True))
     return result
 
 
-def write_split(split: pd.DataFrame, path: str | Path) -> Path:
-    """Write the split CSV atomically (a crash never leaves half a file that later steps would trust)."""
+def write_split(split: pd.DataFrame, path: str | Path, sources=None) -> Path:
+    """Write the split CSV atomically (a crash never leaves half a file that later steps would trust).
+
+    A multi-source split keeps its `source` and `collection` columns; `sources` (skinscan.factory.sources.NamedSource
+    list) also writes `<split>.sources.json`, where later steps find each source's images. It is written first,
+    so the split CSV, the file every step looks for, appears last.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if sources is not None:
+        from skinscan.factory.sources import write_sources  # sources imports this module
+
+        write_sources(sources, path)
     temporary = path.with_name(path.name + ".tmp")
-    split[["image_id", "lesion_id", "dx", "split"]].to_csv(temporary, index=False)
+    split[[c for c in (*SPLIT_COLUMNS, *SOURCE_COLUMNS) if c in split.columns]].to_csv(temporary, index=False)
     os.replace(temporary, path)
     return path
 
@@ -385,9 +396,9 @@ def read_split(path: str | Path) -> pd.DataFrame:
     missing = {"image_id", "lesion_id", "dx", "split"} - set(split.columns)
     if missing:
         raise DatasetError(f"{path} lacks the column(s) {sorted(missing)}; re-create it with `skinscan data split`")
-    unknown_parts = set(split.split) - set(SPLITS)
+    unknown_parts = set(split.split) - set(PARTS)
     if unknown_parts:
-        raise DatasetError(f"{path} has unknown split names {sorted(unknown_parts)}; expected {SPLITS}")
+        raise DatasetError(f"{path} has unknown split names {sorted(unknown_parts)}; expected {PARTS}")
     leaking = split.groupby("lesion_id").split.nunique()
     if (leaking > 1).any():
         raise DatasetError(f"{path} puts lesion(s) {list(leaking.index[leaking > 1])[:5]} in more than one part; "

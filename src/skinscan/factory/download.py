@@ -68,6 +68,18 @@ class ServerUnreachable(DownloadError):
 
 
 @dataclass(frozen=True)
+class Origin:
+    """Who publishes a release, for the messages that say where to get a file by hand when a download fails."""
+
+    host: str  # "Dataverse", "the ISIC archive"
+    page: str  # where a person downloads the files
+    by_hand: str  # which files to put in OUT/downloads
+
+
+HAM10000_ORIGIN = Origin("Dataverse", HAM10000_PAGE, f"{', '.join(IMAGE_ARCHIVES)} and {METADATA_STEM}.tab")
+
+
+@dataclass(frozen=True)
 class DatasetFile:
     """One file of the release, as it will be stored in OUT/downloads."""
 
@@ -261,7 +273,8 @@ def verified_stamp(path: Path) -> Path:
     return path.with_name(path.name + ".verified")
 
 
-def fetch_verified(dataset_file: DatasetFile, downloads: Path, *, progress: bool) -> Path:
+def fetch_verified(dataset_file: DatasetFile, downloads: Path, *, progress: bool,
+                   origin: Origin = HAM10000_ORIGIN) -> Path:
     """OUT/downloads/NAME, downloaded (resuming NAME.part) and verified unless it already was."""
     target = downloads / dataset_file.name
     if target.is_file() and already_verified(target, dataset_file):
@@ -277,15 +290,15 @@ def fetch_verified(dataset_file: DatasetFile, downloads: Path, *, progress: bool
         target.unlink()
     if dataset_file.url is None:
         raise DownloadError(
-            f"{target} is missing; download it by hand from {HAM10000_PAGE} into {downloads} and re-run"
+            f"{target} is missing; download it by hand from {origin.page} into {downloads} and re-run"
         )
     part = target.with_name(target.name + ".part")
     call_with_retries(
-        lambda: download_to_part(dataset_file, part, progress=progress), dataset_file.url, downloads
+        lambda: download_to_part(dataset_file, part, progress=progress), dataset_file.url, downloads, origin
     )
     if not file_matches(part, dataset_file):
         part.unlink()
-        raise DownloadError(checksum_mismatch_message(dataset_file, downloads))
+        raise DownloadError(checksum_mismatch_message(dataset_file, downloads, origin))
     os.replace(part, target)
     record_verified(target, dataset_file)
     return target
@@ -346,7 +359,7 @@ def file_matches(path: Path, dataset_file: DatasetFile) -> bool:
     if dataset_file.size is not None and path.stat().st_size != dataset_file.size:
         return False
     if dataset_file.checksum is None:
-        logger.warning("Dataverse lists no checksum for %s; checked its size only", dataset_file.name)
+        logger.warning("no checksum is listed for %s; checked its size only", dataset_file.name)
         return True
     return file_digest(path, dataset_file.checksum_type or "md5") == dataset_file.checksum
 
@@ -373,13 +386,13 @@ def record_verified(path: Path, dataset_file: DatasetFile) -> None:
         write_bytes_atomically(verified_stamp(path), stamp.encode())
 
 
-def checksum_mismatch_message(dataset_file: DatasetFile, downloads: Path) -> str:
+def checksum_mismatch_message(dataset_file: DatasetFile, downloads: Path, origin: Origin = HAM10000_ORIGIN) -> str:
     return (
         f"{dataset_file.name} is corrupt: its size or {dataset_file.checksum_type} checksum differs from "
-        f"what Dataverse lists ({dataset_file.size} bytes, {dataset_file.checksum}); the bad download "
+        f"what {origin.host} lists ({dataset_file.size} bytes, {dataset_file.checksum}); the bad download "
         f"was deleted. "
         f"Re-run to download it again; if it fails again, download {dataset_file.name} by hand from "
-        f"{HAM10000_PAGE} into {downloads} and re-run."
+        f"{origin.page} into {downloads} and re-run."
     )
 
 
@@ -398,7 +411,7 @@ def is_transient(error: BaseException) -> bool:
     return isinstance(error, transient)
 
 
-def call_with_retries(action: Callable[[], T], url: str, downloads: Path) -> T:
+def call_with_retries(action: Callable[[], T], url: str, downloads: Path, origin: Origin = HAM10000_ORIGIN) -> T:
     """action(), tried again after RETRY_DELAYS_S on connection errors, timeouts and 5xx answers."""
     for delay in (*RETRY_DELAYS_S, None):
         try:
@@ -408,12 +421,12 @@ def call_with_retries(action: Callable[[], T], url: str, downloads: Path) -> T:
             if not is_transient(error):
                 if http_error is None:
                     raise
-                raise DownloadError(http_error_message(url, http_error, downloads)) from error
+                raise DownloadError(http_error_message(url, http_error, downloads, origin)) from error
             if delay is None:
                 message = (
-                    http_error_message(url, http_error, downloads)
+                    http_error_message(url, http_error, downloads, origin)
                     if http_error
-                    else unreachable_message(url, error, downloads)
+                    else unreachable_message(url, error, downloads, origin)
                 )
                 raise ServerUnreachable(message) from error
             logger.warning("%s: %s; trying again in %s s", url, error, delay)
@@ -421,25 +434,25 @@ def call_with_retries(action: Callable[[], T], url: str, downloads: Path) -> T:
     raise AssertionError("unreachable")  # the loop always returns or raises
 
 
-def unreachable_message(url: str, error: BaseException, downloads: Path) -> str:
+def unreachable_message(url: str, error: BaseException, downloads: Path, origin: Origin = HAM10000_ORIGIN) -> str:
     reason = getattr(error, "reason", None) or error
     return (
         f"cannot reach {urllib.parse.urlsplit(url).hostname}: {reason}; check your connection or download "
-        f"the files by hand from {HAM10000_PAGE} ({', '.join(IMAGE_ARCHIVES)} and {METADATA_STEM}.tab) "
-        f"into {downloads} and re-run"
+        f"the files by hand from {origin.page} ({origin.by_hand}) into {downloads} and re-run"
     )
 
 
-def http_error_message(url: str, error: urllib.error.HTTPError, downloads: Path) -> str:
+def http_error_message(url: str, error: urllib.error.HTTPError, downloads: Path,
+                       origin: Origin = HAM10000_ORIGIN) -> str:
     status = f"HTTP {error.code} {error.reason}"
     if error.code in (401, 403):
         return (
-            f"Dataverse refused {url} ({status}); the file may need its terms accepted in a browser: "
-            f"download it by hand from {HAM10000_PAGE} into {downloads} and re-run"
+            f"{origin.host} refused {url} ({status}); the file may need its terms accepted in a browser: "
+            f"download it by hand from {origin.page} into {downloads} and re-run"
         )
     if error.code == 404:
-        return f"{url} was not found ({status}); the release may have moved: see {HAM10000_PAGE}"
-    return f"{url} failed ({status}); try again later, or download the files by hand from {HAM10000_PAGE}"
+        return f"{url} was not found ({status}); the release may have moved: see {origin.page}"
+    return f"{url} failed ({status}); try again later, or download the files by hand from {origin.page}"
 
 
 # --- unpacking: safe paths, atomic writes ---------------------------------------------------------
@@ -468,14 +481,14 @@ def record_unpacked(archive: DatasetFile, downloads: Path, unpacked: dict[str, i
     write_bytes_atomically(unpacked_stamp(downloads, archive), json.dumps(record).encode())
 
 
-def unpack_images(archive: Path, images: Path, *, progress: bool) -> dict[str, int]:
+def unpack_images(archive: Path, images: Path, *, progress: bool, pattern: re.Pattern = IMAGE_NAME) -> dict[str, int]:
     """Extract the ISIC_*.jpg of a zip flat into images/; returns {file name: size}."""
     try:
         with zipfile.ZipFile(archive) as zip_file:
             members = [member for member in zip_file.infolist() if not member.is_dir()]
             for member in members:
                 check_member_path_is_safe(member.filename, archive)
-            wanted = [m for m in members if IMAGE_NAME.fullmatch(PurePosixPath(m.filename).name)]
+            wanted = [m for m in members if pattern.fullmatch(PurePosixPath(m.filename).name)]
             if not wanted:
                 raise DownloadError(f"{archive} holds no ISIC_*.jpg images; delete it and re-run")
             for member in tqdm(wanted, desc=f"unpacking {archive.name}", unit="img", disable=not progress):

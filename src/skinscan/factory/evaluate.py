@@ -18,6 +18,7 @@ from skinscan.factory.data import DataSource, as_source, read_metadata, read_spl
 from skinscan.factory.metrics import expected_calibration_error
 from skinscan.factory.model import model_from_checkpoint
 from skinscan.factory.report import plot_reliability_diagram, write_evaluation_report
+from skinscan.factory.sources import split_metadata
 from skinscan.factory.train import (
     TrainConfig,
     checkpoint_labels,
@@ -52,6 +53,17 @@ def checkpoint_logits(checkpoint_path: str | Path, data_dir: str | Path | DataSo
     _, model, data = checkpoint_model_and_data(checkpoint_path, data_dir, split_csv, parts, threads)
     return {part: {"logits": predict_logits(model, d.images, tta=tta), "labels": d.labels.numpy(),
                    "image_ids": d.image_ids} for part, d in data.items()}
+
+
+def split_and_metadata(split_csv: str | Path, source: DataSource) -> pd.DataFrame:
+    """The split with each image's metadata (age, sex, site; source and collection for a multi-source split),
+    for subgroup and per-collection results."""
+    split = read_split(split_csv)
+    if "source" in split.columns:
+        return split_with_metadata(split, split_metadata(split_csv))
+    if source.metadata.is_file():
+        return split_with_metadata(split, read_metadata(source))
+    return split
 
 
 def compare_calibrators(val_logits: np.ndarray, val_labels: np.ndarray, logits: np.ndarray,
@@ -90,9 +102,7 @@ def evaluate_checkpoint(checkpoint_path, data_dir, split_csv, out_dir, part: str
     scored = results[part]
     probabilities = softmax(scored["logits"] / temperature)
 
-    split = read_split(split_csv)
-    if source.metadata.is_file():
-        split = split_with_metadata(split, read_metadata(source))
+    split = split_and_metadata(split_csv, source)
     metadata = split.set_index("image_id").loc[scored["image_ids"]].reset_index()
     metrics = write_evaluation_report(out_dir, scored["labels"], probabilities, list(labels.codes), metadata=metadata,
                                       title=f"skinscan evaluation: {Path(checkpoint_path)} on the {part} split",

@@ -27,7 +27,7 @@ import pandas as pd
 from PIL import Image, ImageEnhance, ImageFilter
 from tqdm import tqdm
 
-from skinscan.factory.data import image_paths, read_split
+from skinscan.factory.data import image_paths, read_split, split_image_paths
 from skinscan.runtime.classifier import Classifier
 from skinscan.runtime.preprocess import load_image
 
@@ -98,7 +98,7 @@ def load_gate_inputs(data_dir: str | Path, split_csv: str | Path, part: str = "t
     rows = split[split.split == part]
     if max_images:
         rows = rows.head(max_images)
-    lesions = [load_image(path) for path in tqdm(image_paths(data_dir, rows.image_id.tolist()), desc=f"decode {part}",
+    lesions = [load_image(path) for path in tqdm(split_image_paths(data_dir, split_csv, rows), desc=f"decode {part}",
                                                  unit="img", leave=False)]
     degraded_lesions = {name: [degrade(image) for image in _spread(lesions, degraded)]
                         for name, degrade in tqdm(DEGRADATIONS.items(), desc="degradations", leave=False)}

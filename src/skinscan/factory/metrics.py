@@ -499,3 +499,48 @@ def subgroup_metrics(
                 entry["melanoma_sensitivity"] = _ratio(np.sum((y == mel) & (y_pred == mel)), np.sum(y == mel))
         result[str(group)] = entry
     return result
+
+
+def collection_metrics(
+    y_true: Any,
+    probs: Any,
+    collections: Sequence,
+    labels: Sequence[str],
+    turned_away: Sequence[bool] | None = None,
+    positive: str = "mel",
+) -> dict[str, dict]:
+    """The external-validation table: per collection (and "all"), the numbers issue 23 asks for.
+
+    Why its own function: an outside collection often lacks some classes (the ISIC 2017-era images hold only
+    nv, mel and bkl), so balanced accuracy is the mean recall over the classes *present* in that collection
+    (``classes_present`` says which), melanoma AUC is one-vs-rest on the calibrated probabilities, the
+    sensitivity is the best one at >= 80% specificity, and ECE is the top-label calibration error.
+    ``turned_away`` (optional, one bool per image) is the package gate's "cannot assess" verdict; its share is
+    reported, while the other numbers score every image, turned away or not, so they stay comparable across
+    models with and without a gate.
+    """
+    y_true, probs = _check_inputs(y_true, probs, labels)
+    collections = np.asarray([str(c) for c in collections], dtype=object)
+    if len(collections) != len(y_true):
+        raise ValueError(f"collections has {len(collections)} entries for {len(y_true)} samples")
+    away = None if turned_away is None else np.asarray(turned_away, dtype=bool)
+    labels = list(labels)
+    k = labels.index(positive) if positive in labels else None
+    result: dict[str, dict] = {}
+    groups = list(dict.fromkeys(collections))
+    for group in [*groups, "all"] if len(groups) > 1 else groups:
+        mask = np.ones(len(y_true), bool) if group == "all" else collections == group
+        y, p = y_true[mask], probs[mask]
+        is_positive = (y == k) if k is not None else np.zeros(len(y), bool)
+        scores = p[:, k] if k is not None else np.zeros(len(y))
+        result[str(group)] = {
+            "n": int(mask.sum()),
+            "classes_present": [labels[i] for i in sorted(np.unique(y))],
+            "balanced_accuracy": _balanced_accuracy(y, p.argmax(axis=1)),
+            "melanoma_auc": float(roc_auc_score(is_positive, scores)) if _has_both_classes(is_positive) else None,
+            "melanoma_sensitivity_at_80_specificity": sensitivity_at_specificity(is_positive, scores, 0.80)[
+                "sensitivity"],
+            "ece": expected_calibration_error(y, p),
+            "turned_away": None if away is None else float(away[mask].mean()),
+        }
+    return result

@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import onnx
+import onnxruntime as ort
 
 from skinscan import DISCLAIMER
-from skinscan.factory.onnx_metadata import read_metadata
-from skinscan.factory.report import render_markdown
+from skinscan.factory.report import collection_section, render_markdown
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -195,9 +194,32 @@ def _in_graph_preprocessing(model: dict) -> str:
     return "normalisation inside the graph"
 
 
-def render_model_card(package_dir: str | Path, metrics: dict, command: str, notes: str = "") -> str:
+def package_metadata(model_path: Path) -> dict:
+    """Every metadata entry of the ONNX file, parsed from its JSON string.
+
+    Read with ONNX Runtime, not the onnx package, so `skinscan card` needs only the `report` extra.
+    """
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    return {key: json.loads(value) for key, value in session.get_modelmeta().custom_metadata_map.items()}
+
+
+def _external_section(metrics: dict, external: dict | None) -> str:
+    """The external-validation table (issue 23): per collection, from an evaluation of a multi-source split's
+    `external` part (`--external-evaluation`), else from the main evaluation when its split has collections."""
+    chosen = external if external and external.get("per_collection") else metrics
+    table = collection_section(chosen, heading="## External validation")
+    if not table:
+        return ""
+    where = (f"the `{chosen.get('part', 'external')}` part of a multi-source split (`skinscan data split --source "
+             "... --external ...`), collections no model trained, selected or calibrated on"
+             if chosen is external else "the evaluation above, by collection")
+    return f"{table}\n\nScored on {where}; command: `skinscan evaluate --part external` (docs/RESULTS.md)."
+
+
+def render_model_card(package_dir: str | Path, metrics: dict, command: str, notes: str = "",
+                      external: dict | None = None) -> str:
     package_dir = Path(package_dir)
-    meta = read_metadata(onnx.load(str(package_dir / "skinscan.onnx")))
+    meta = package_metadata(package_dir / "skinscan.onnx")
     quantization_path = package_dir / "quantization.json"
     quantization = json.loads(quantization_path.read_text()) if quantization_path.is_file() else None
     gate_path = package_dir / "gate.json"
@@ -268,6 +290,7 @@ def render_model_card(package_dir: str | Path, metrics: dict, command: str, note
         f"| ECE before / after temperature scaling | {_fmt(calibration.get('ece_before'))} / "
         f"{_fmt(calibration.get('ece_after'))} |\n\n"
         + _quantization_section(quantization),
+        _external_section(metrics, external),
         _safety_section(gate, metrics),
         "## Ethical considerations\n\n"
         "A false reassurance (a melanoma called benign) can delay treatment: the malignancy flag is tuned for "
@@ -283,11 +306,15 @@ def render_model_card(package_dir: str | Path, metrics: dict, command: str, note
         "---\n\n<details><summary>Full evaluation report (test split)</summary>\n\n"
         + render_markdown(metrics, "Evaluation report").replace("\n# ", "\n### ") + "\n</details>",
     ]
-    return "\n\n".join(sections) + "\n"
+    return "\n\n".join(section for section in sections if section) + "\n"
 
 
-def write_model_card(package_dir: str | Path, evaluation_dir: str | Path, command: str, notes: str = "") -> Path:
+def write_model_card(package_dir: str | Path, evaluation_dir: str | Path, command: str, notes: str = "",
+                     external_dir: str | Path | None = None) -> Path:
+    """MODEL_CARD.md from the evaluation's metrics.json (and, for the external-validation table, an
+    evaluation of the external part in `external_dir`)."""
     metrics = json.loads((Path(evaluation_dir) / "metrics.json").read_text())
+    external = json.loads((Path(external_dir) / "metrics.json").read_text()) if external_dir else None
     path = Path(package_dir) / "MODEL_CARD.md"
-    path.write_text(render_model_card(package_dir, metrics, command, notes))
+    path.write_text(render_model_card(package_dir, metrics, command, notes, external=external))
     return path

@@ -1,7 +1,8 @@
 """The package's `skinscan.*` ONNX metadata, read and written without torch.
 
-Why its own module: export (torch) writes it, while quantize, the INT8 gate refit and the model card
-(onnx only) read or rewrite it; one place keeps the rule "every value is a JSON string" in one spot.
+Why its own module: export (torch) writes it, while quantize and the INT8 gate refit (onnx only) read or
+rewrite it; one place keeps the rule "every value is a JSON string" in one spot. (The model card reads it with
+ONNX Runtime, so that it needs no onnx.)
 """
 
 from __future__ import annotations

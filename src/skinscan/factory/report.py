@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import auc, roc_curve
 
-from skinscan.factory.metrics import classification_metrics, reliability_curve, subgroup_metrics
+from skinscan.factory.metrics import classification_metrics, collection_metrics, reliability_curve, subgroup_metrics
 from skinscan.labels import LABEL_NAMES, MALIGNANT_CODES
 
 AGE_BANDS: tuple[tuple[str, float, float], ...] = (
@@ -54,11 +54,14 @@ def write_evaluation_report(
     min_subgroup_count: int = 20,
     n_bootstrap: int = 1000,
     seed: int = 0,
+    turned_away: Sequence[bool] | None = None,
 ) -> dict:
     """Write metrics.json, confusion_matrix.png, roc_curves.png, reliability_diagram.png and report.md.
 
     ``metadata`` (optional) is row-aligned with ``y_true``; its ``sex``, ``age``, ``localization`` and
-    ``dx_type`` columns, where present, give subgroup tables, and a ``lesion_id`` column makes the bootstrap resample
+    ``dx_type`` columns, where present, give subgroup tables, a ``collection`` column the per-collection table
+    (with the share the gate turned away when ``turned_away``, one bool per row, is given), and a ``lesion_id``
+    column makes the bootstrap resample
     whole lesions. ``malignant`` and ``label_names`` (code -> name) come from the model's label set;
     without names, HAM10000's are used. Returns the metrics dict written to metrics.json.
     """
@@ -78,6 +81,9 @@ def write_evaluation_report(
         for name, groups in subgroup_columns(metadata).items()
     }
     metrics["subgroup_min_count"] = min_subgroup_count
+    if "collection" in metadata:  # a multi-source split (skinscan.factory.sources): the external-validation table
+        metrics["per_collection"] = collection_metrics(y_true, probs, metadata["collection"].tolist(), labels,
+                                                       turned_away=turned_away)
     if label_names is not None:
         metrics["label_names"] = {code: label_names.get(code, "") for code in labels}
 
@@ -393,6 +399,21 @@ def _subgroup_section(metrics: dict) -> str:
     return "\n\n".join(parts)
 
 
+def collection_section(metrics: dict, heading: str = "## Per collection") -> str:
+    """The per-collection table (external validation); empty when the split has no collection column."""
+    table = metrics.get("per_collection")
+    if not table:
+        return ""
+    rows = [(name, m["n"], ", ".join(m["classes_present"]), _fmt(m["balanced_accuracy"]), _fmt(m["melanoma_auc"]),
+             _fmt(m["melanoma_sensitivity_at_80_specificity"], 2), _fmt(m["ece"]),
+             "-" if m.get("turned_away") is None else f"{m['turned_away']:.1%}") for name, m in table.items()]
+    return (f"{heading}\n\nBalanced accuracy is the mean recall over the classes present in that collection; "
+            "melanoma AUC is one-vs-rest; sensitivity is melanoma's at >= 80% specificity; \"turned away\" is the "
+            "share the package's gate answered \"cannot assess\" (every image is scored either way).\n\n"
+            + _table(("collection", "n", "classes present", "balanced accuracy", "melanoma AUC",
+                      "sensitivity at 80% specificity", "ECE", "turned away"), rows))
+
+
 def _figures_section() -> str:
     return (
         "## Figures\n\n"
@@ -416,6 +437,7 @@ def render_markdown(metrics: dict, title: str) -> str:
         _operating_points_section(metrics),
         _intervals_section(metrics),
         _subgroup_section(metrics),
+        collection_section(metrics),
         _figures_section(),
     ]
-    return "\n\n".join(sections) + "\n"
+    return "\n\n".join(section for section in sections if section) + "\n"

@@ -135,14 +135,23 @@ def load_split_data(config: TrainConfig, parts=("train", "val")) -> dict[str, Sp
         result[part] = SplitData(torch.from_numpy(images), torch.from_numpy(labels), image_ids,
                                  lesion_ids=[lesion_of[i] for i in image_ids])
     if config.histo_weight != 1.0 and "train" in result:
-        result["train"].histopathology = histopathology_mask(config.data_dir, result["train"].image_ids)
+        sources_split = config.split_csv if "source" in split.columns else None  # multi-source: each source's CSV
+        result["train"].histopathology = histopathology_mask(config.data_dir, result["train"].image_ids, sources_split)
     return result
 
 
-def histopathology_mask(data_dir: str, image_ids: list[str]) -> torch.Tensor:
-    """Which images' labels were confirmed by histopathology, from the metadata's `dx_type` column (HAM10000)."""
+def histopathology_mask(data_dir: str, image_ids: list[str], split_csv: str | None = None) -> torch.Tensor:
+    """Which images' labels were confirmed by histopathology, from the metadata's `dx_type` column (HAM10000).
+
+    `split_csv`: a multi-source split, whose sources' CSVs are read instead (images of a source without dx_type
+    count as not confirmed)."""
     try:
-        metadata = read_metadata(data_dir)
+        if split_csv is not None:
+            from skinscan.factory.sources import split_metadata
+
+            metadata = split_metadata(split_csv)
+        else:
+            metadata = read_metadata(data_dir)
     except DatasetError as error:
         raise DatasetError(f"--histo-weight reads dx_type from the HAM10000 metadata next to the images: {error}") \
             from None

@@ -10,10 +10,14 @@ the lines are is data, the package's `skinscan.assess` metadata, chosen on the v
      "checks": [{"score": "brightness", "below": 101.9, "reason": "too_dark"}, ...],
      "messages": {"too_dark": "...", ...}}
 
-A client walks `checks` in order and answers with the first that fails; before the graph runs it refuses
-images whose shorter side is below `min_side` ("too_small"). This module is that walk for Python (torch-free,
-used by `skinscan.runtime`); `app/app.js` is the same walk for the browser, and a test feeds both the same
-scores. Packages without `skinscan.assess` (older exports) simply never answer "cannot assess".
+A client evaluates every check (and "too_small": the decoded image's shorter side below `min_side`) and
+answers with the failing reason that comes first in `precedence`: what the user must do first. A portrait is
+"not a lesion photo" even when it is also darker than dermoscopy: "add light" would send them the wrong way.
+The order is data too (`PRECEDENCE`, overridable by an optional `"precedence"` list in the metadata; packages
+without one get this default). Reasons a package names but the list does not come last, in check order.
+This module is that walk for Python (torch-free, used by `skinscan.runtime`); `app/assess.js` is the same walk
+for the browser, and a test feeds both the same scores. Packages without `skinscan.assess` (older exports)
+simply never answer "cannot assess".
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ import numpy as np
 
 ASSESS = "assess"  # the graph output: float [N, len(scores)]
 TOO_SMALL = "too_small"
-REASONS = ("too_small", "too_dark", "too_bright", "too_blurry", "not_a_lesion", "not_dermoscopic")
+# What the user must fix first comes first: the wrong subject before the wrong kind of photo, before its quality.
+PRECEDENCE = ("not_a_lesion", "not_dermoscopic", "too_small", "too_blurry", "too_dark", "too_bright")
+REASONS = PRECEDENCE
 MESSAGES = {
     "too_small": "the image is too small to show a lesion's structure; take a closer, higher-resolution photo",
     "too_dark": "the image is too dark; add light (without flash glare) and retake it",
@@ -32,8 +38,9 @@ MESSAGES = {
     "too_blurry": "the image is too blurry; hold the camera still, focus on the lesion and retake it",
     "not_a_lesion": "this does not look like a dermoscopic photo of a skin lesion; centre one lesion and fill "
                     "the frame with it",
-    "not_dermoscopic": "this looks like an ordinary photo, not a dermoscopic image: skinscan needs a photo taken "
-                       "through a dermatoscope (for example a clip-on lens for a phone) pressed to the skin",
+    "not_dermoscopic": "this looks like an ordinary photo, not a dermoscopic image; the model only reads images "
+                       "taken through a dermatoscope (a magnifying lens with its own light, e.g. a clip-on lens for a "
+                       "phone) pressed to the skin",
 }
 
 
@@ -85,6 +92,7 @@ class AssessSpec:
     checks: tuple[Check, ...]
     min_side: int
     messages: dict[str, str]
+    precedence: tuple[str, ...] = PRECEDENCE
 
     @classmethod
     def from_metadata(cls, spec: dict) -> AssessSpec:
@@ -100,7 +108,10 @@ class AssessSpec:
                 checks.append(Check(str(raw["score"]), str(raw["reason"]), None if below is None else float(below),
                                     None if above is None else float(above)))
             messages = {**MESSAGES, **{str(k): str(v) for k, v in spec.get("messages", {}).items()}}
-            return cls(scores, tuple(checks), int(spec.get("min_side", 0)), messages)
+            precedence = spec.get("precedence", PRECEDENCE)
+            if isinstance(precedence, str) or not all(isinstance(reason, str) for reason in precedence):
+                raise AssessSpecError(f"precedence {precedence!r} must be a list of reasons, e.g. {list(PRECEDENCE)}")
+            return cls(scores, tuple(checks), int(spec.get("min_side", 0)), messages, tuple(precedence))
         except AssessSpecError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as error:
@@ -110,12 +121,17 @@ class AssessSpec:
     def judge(self, row, image_size: tuple[int, int] | None = None) -> Verdict:
         """One image's `assess` row (and its decoded (width, height), when known) -> Verdict."""
         scores = {name: float(value) for name, value in zip(self.scores, row, strict=True)}
-        if image_size is not None and min(image_size) < self.min_side:
-            return Verdict(TOO_SMALL, self.messages[TOO_SMALL], scores)
-        for check in self.checks:
-            if check.fails(scores[check.score]):
-                return Verdict(check.reason, self.messages.get(check.reason, check.reason), scores)
-        return Verdict(None, None, scores)
+        failing = [TOO_SMALL] if image_size is not None and min(image_size) < self.min_side else []
+        failing += [check.reason for check in self.checks if check.fails(scores[check.score])]
+        if not failing:
+            return Verdict(None, None, scores)
+        reason = min(failing, key=self.rank)
+        return Verdict(reason, self.messages.get(reason, reason), scores)
+
+    def rank(self, reason: str) -> int:
+        """A reason's place in `precedence`; reasons it does not list come after all it does (min keeps their
+        check order, as it returns the first of equals)."""
+        return self.precedence.index(reason) if reason in self.precedence else len(self.precedence)
 
 
 def choose_thresholds(val_scores: np.ndarray, budget: float = REJECTION_BUDGET, tail: float = QUALITY_TAIL,
@@ -186,6 +202,7 @@ def choose_thresholds(val_scores: np.ndarray, budget: float = REJECTION_BUDGET, 
         "min_side": MIN_SIDE,
         "checks": checks,
         "messages": dict(MESSAGES),
+        "precedence": list(PRECEDENCE),
         "val_rejected": float(rejected.mean()),
         "budget": budget,
         "rule": f"thresholds chosen on validation lesions{per_source}: each quality check at its {tail:.2%} tail"

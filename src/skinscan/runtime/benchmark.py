@@ -1,7 +1,7 @@
 """Inference speed of a model package on this machine: PyTorch eager vs ONNX Runtime FP32 vs INT8, in one run.
 
-Torch-free unless a checkpoint is given (torch is imported only for the eager engine). The timing helpers
-(`measure_latency`, `interleaved_latency`, `compare_latency`) are reused by the quantization report.
+Torch-free: a checkpoint's PyTorch eager engine is built by `skinscan.factory.eager` and passed in. The timing
+helpers (`measure_latency`, `interleaved_latency`, `compare_latency`) are reused by the quantization report.
 
 Why interleaved rounds: on a shared machine (a training job next door, a laptop's turbo, this project's VM,
 whose speed flips between two phases), background load drifts over seconds. Running engine A for 200 calls
@@ -160,26 +160,15 @@ def _megabytes(path: Path) -> float:
 
 
 class EagerEngine(NamedTuple):
+    """A training checkpoint as a PyTorch eager engine; `skinscan.factory.eager.load_eager_engine` builds one.
+
+    Built by the factory (torch, the model definitions), measured here: the runtime itself never imports torch.
+    """
+
+    path: Path                          # the checkpoint file
     model: Any                          # skinscan.factory.export.PackagedModel: uint8 NHWC in, like the ONNX graph
-    torch: Any                          # the torch module, imported lazily
+    torch: Any                          # the torch module
     input_size: tuple[int, int] | None  # from the checkpoint's preprocess config
-
-
-def _eager_engine(checkpoint_path: Path, notes: list[str]) -> EagerEngine | None:
-    """The checkpoint as a PyTorch eager engine, or None (with a note) when torch is not installed."""
-    try:
-        import torch
-    except ImportError:
-        notes.append("PyTorch eager skipped: torch is not installed (pip install 'skinscan[train]')")
-        return None
-    from skinscan.factory.export import PackagedModel
-    from skinscan.factory.model import model_from_checkpoint
-    from skinscan.factory.train import load_checkpoint
-
-    checkpoint = load_checkpoint(checkpoint_path)  # = skinscan.factory.train.load_model, keeping the preprocess config
-    model = model_from_checkpoint(checkpoint).to(memory_format=torch.channels_last)
-    size = checkpoint.get("preprocess", {}).get("size")
-    return EagerEngine(PackagedModel(model, 1.0).eval(), torch, (int(size[0]), int(size[1])) if size else None)
 
 
 def _resolve_package(model: str | Path | None) -> Path:
@@ -188,14 +177,15 @@ def _resolve_package(model: str | Path | None) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- main
-def run_benchmark(model: str | Path | None = None, checkpoint: str | Path | None = None,
+def run_benchmark(model: str | Path | None = None, eager: EagerEngine | None = None,
                   threads: Sequence[int] | None = None, batches: Sequence[int] = (1,), iterations: int = 200,
                   warmup: int = 20, rounds: int = 5, seed: int = 0,
                   progress: Callable[[str], None] | None = None) -> dict:
     """Measure every available engine at every (threads, batch) setting; returns the JSON-ready report.
 
     model: a package folder (or an .onnx file in one); None = the bundled package. Files listed in the
-    package's manifest are verified before loading. checkpoint: a training checkpoint for the eager engine.
+    package's manifest are verified before loading. eager: a checkpoint loaded as a PyTorch eager engine
+    (`skinscan.factory.eager.load_eager_engine`), measured beside the ONNX files.
     threads: default 1 and all cores. Raises FileNotFoundError when there is nothing to measure.
     """
     threads = sorted(set(threads or (1, os.cpu_count() or 1)))
@@ -220,14 +210,10 @@ def run_benchmark(model: str | Path | None = None, checkpoint: str | Path | None
     if onnx_files and not has_manifest:
         notes.append(f"{package} has no {MANIFEST}: the ONNX files were not verified")
 
-    eager = None
-    if checkpoint is not None:
-        checkpoint = Path(checkpoint)
-        eager = _eager_engine(checkpoint, notes)
-        if eager is not None:
-            parameters = sum(p.numel() * p.element_size() for p in eager.model.parameters())
-            files[EAGER] = {"path": str(checkpoint), "megabytes": _megabytes(checkpoint),
-                            "parameter_megabytes": parameters / 1e6}
+    if eager is not None:
+        parameters = sum(p.numel() * p.element_size() for p in eager.model.parameters())
+        files[EAGER] = {"path": str(eager.path), "megabytes": _megabytes(eager.path),
+                        "parameter_megabytes": parameters / 1e6}
     else:
         notes.append("PyTorch eager skipped: pass --checkpoint CKPT.pt to include it")
     if not onnx_files and eager is None:
@@ -279,7 +265,7 @@ def run_benchmark(model: str | Path | None = None, checkpoint: str | Path | None
         "skinscan_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": _machine(eager.torch if eager else None),
-        "model": {"package": str(package), "checkpoint": str(checkpoint) if checkpoint else None,
+        "model": {"package": str(package), "checkpoint": str(eager.path) if eager else None,
                   "input_size": list(size), "input": "random uint8 images [N, H, W, 3]"},
         "settings": {"threads": threads, "batch": batches, "iterations": iterations, "warmup": warmup,
                      "rounds": min(rounds, iterations), "statistic": "best round's median, rounds interleaved"},

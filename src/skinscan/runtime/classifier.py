@@ -45,6 +45,11 @@ from skinscan.runtime.preprocess import ImageSource, PreprocessConfig, load_imag
 FP32_FILE = "skinscan.onnx"
 INT8_FILE = "skinscan-int8.onnx"
 PRECISIONS = ("auto", "int8", "fp32")
+# One default for every client, so that the same image gets the same answer from `skinscan predict`, the
+# library and the web app (issue 25: INT8 in the CLI, FP32 in the app, two different top classes). FP32,
+# because the browser must run it: onnxruntime-web's WASM INT8 kernels are slower there and round differently
+# from native x86 ones (docs/APP.md). INT8 stays one flag away (`precision="int8"`, or "auto": int8 when present).
+DEFAULT_PRECISION = "fp32"
 PRECISION_FILES = {"int8": INT8_FILE, "fp32": FP32_FILE}
 INPUT_NAME = "image"
 PROBABILITIES = "probabilities"
@@ -53,6 +58,7 @@ CAM = "cam"  # optional output: Grad-CAM of the predicted class, float [N, h, w]
 REQUIRED_METADATA = ("skinscan.labels", "skinscan.label_names", "skinscan.malignant", "skinscan.preprocess",
                      "skinscan.thresholds")
 TOP_K = 3
+NOT_SHOWN_NOTE = "not shown to users: the image cannot be assessed, so the network's output is no diagnosis"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
 __all__ = ["Classifier", "IntegrityError", "ModelPackageError", "Prediction", "bundled_package_dir", "find_images"]
@@ -96,10 +102,12 @@ class Prediction:
     def to_dict(self, include_cam: bool = False) -> dict:
         """JSON-friendly: plain str/float/bool, `top` as a list of {code, name, probability}.
 
-        include_cam: add `cam` as nested lists (rows of the map), or None; off by default to keep documents small.
+        An image that cannot be assessed gets no diagnosis: its diagnosis fields are null (`top` empty) and the
+        network's raw output moves under `developer`, with a note, so that nothing that reads the usual fields
+        can show it to a user as a result. include_cam: add `cam` as nested lists (rows of the map), or None;
+        off by default to keep documents small (under `developer` for an image that cannot be assessed).
         """
-        document = {
-            "source": self.source,
+        diagnosis = {
             "label": self.label,
             "name": self.name,
             "probability": self.probability,
@@ -107,12 +115,14 @@ class Prediction:
             "probabilities": dict(self.probabilities),
             "malignant_probability": self.malignant_probability,
             "malignant": self.malignant,
-            "cannot_assess": self.cannot_assess,
-            "cannot_assess_message": self.cannot_assess_message,
-            "assessment": self.assessment,
         }
         if include_cam:
-            document["cam"] = None if self.cam is None else self.cam.tolist()
+            diagnosis["cam"] = None if self.cam is None else self.cam.tolist()
+        document = {"source": self.source, **diagnosis, "cannot_assess": self.cannot_assess,
+                    "cannot_assess_message": self.cannot_assess_message, "assessment": self.assessment}
+        if not self.assessable:
+            document.update({key: None for key in diagnosis}, top=[])
+            document["developer"] = {**diagnosis, "note": NOT_SHOWN_NOTE}
         return document
 
 
@@ -121,8 +131,8 @@ def bundled_package_dir() -> Path:
     return Path(str(resources.files("skinscan") / "models"))
 
 
-def _resolve_model_file(path: str | Path | None, precision: str) -> Path:
-    if precision not in PRECISIONS:
+def _resolve_model_file(path: str | Path | None, precision: str | None) -> Path:
+    if precision is not None and precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     if path is None:
         package_dir = bundled_package_dir()
@@ -144,7 +154,11 @@ def _resolve_model_file(path: str | Path | None, precision: str) -> Path:
             raise ModelPackageError(f"no model package at {path}: expected a folder with {FP32_FILE} and "
                                     "manifest.json (from `skinscan export`), or an .onnx file inside one")
         package_dir = path
-    if precision == "auto":
+    if precision is None:  # the default: DEFAULT_PRECISION, or the package's only file
+        default = PRECISION_FILES[DEFAULT_PRECISION]
+        others = [name for name in PRECISION_FILES.values() if (package_dir / name).is_file()]
+        name = default if (package_dir / default).is_file() or not others else others[0]
+    elif precision == "auto":
         name = INT8_FILE if (package_dir / INT8_FILE).is_file() else FP32_FILE
     else:
         name = PRECISION_FILES[precision]
@@ -209,10 +223,13 @@ class Classifier:
         self._read_contract()
 
     @classmethod
-    def load(cls, path: str | Path | None = None, precision: str = "auto", threads: int | None = None) -> Classifier:
+    def load(cls, path: str | Path | None = None, precision: str | None = None,
+             threads: int | None = None) -> Classifier:
         """Load a model package: a folder, an `.onnx` file inside one, or None for the bundled package.
 
-        precision: "int8" (`skinscan-int8.onnx`), "fp32" (`skinscan.onnx`) or "auto" (int8 when present).
+        precision: "fp32" (`skinscan.onnx`), "int8" (`skinscan-int8.onnx`), "auto" (int8 when present) or None,
+        the default: DEFAULT_PRECISION (what the web app runs) when the package has it, and an `.onnx` file
+        given by path as it is.
         threads: ONNX Runtime intra-op threads; None uses all cores.
         Raises ModelPackageError (not found, broken contract) or IntegrityError (manifest mismatch).
         """
