@@ -289,6 +289,38 @@ def test_evaluate_the_bundled_package_per_collection_without_torch(two_sources, 
     card = (package / "MODEL_CARD.md").read_text()
     section = card[card.index("## External validation"):card.index("## Limitations")]
     assert "| msk |" in section and "| all |" in section and "turned away" in section
+    # ... the sources with their licences, and the drop away from home among the known failure modes.
+    assert "ISIC 2019 challenge images" in card and "external validation only; CC BY-NC 4.0" in card
+    assert "CC BY-NC-SA 4.0" in card
+    overall = metrics["per_collection"]["all"]
+    assert f"**Other clinics and dermatoscopes**: on {overall['n']:,} dermoscopic images" in card
+    assert f"melanoma AUC {overall['melanoma_auc']:.3f}" in card
+    # The package's own calibration: ECE after its temperature, and before it (recovered from the probabilities).
+    assert metrics["calibration"]["ece_after"] == pytest.approx(metrics["ece"])
+    assert metrics["calibration"]["ece_before"] != metrics["calibration"]["ece_after"]
+
+
+def test_package_calibration_recovers_the_raw_softmax():
+    """softmax(T log p) of calibrated p = softmax(logits / T) is softmax(logits): ECE before needs no logits."""
+    from types import SimpleNamespace
+
+    from skinscan.factory.metrics import expected_calibration_error
+    from skinscan.factory.package_evaluation import package_calibration
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(300, 7)) * 3
+    y_true = rng.integers(0, 7, size=300)
+    temperature = 1.7
+
+    def softmax(z):
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    classifier = SimpleNamespace(metadata={"skinscan.temperature": temperature})
+    calibration = package_calibration(classifier, y_true, softmax(logits / temperature))
+    assert calibration["ece_before"] == pytest.approx(expected_calibration_error(y_true, softmax(logits)), abs=1e-9)
+    assert calibration["ece_after"] == pytest.approx(expected_calibration_error(y_true, softmax(logits / temperature)))
+    assert calibration["temperature"] == temperature
 
 
 @pytest.mark.slow

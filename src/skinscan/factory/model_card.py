@@ -151,7 +151,7 @@ def _subgroup_table(metrics: dict) -> str:
     return "\n".join(rows) if len(rows) > 2 else "No subgroup results in the evaluation report."
 
 
-def _safety_section(gate: dict | None, metrics: dict) -> str:
+def _safety_section(gate: dict | None, metrics: dict, external: dict | None = None) -> str:
     from skinscan.factory.hostile import HOSTILE_INPUTS  # the corpus tests/test_hostile.py sends through every path
 
     hostile = HOSTILE_INPUTS
@@ -183,7 +183,40 @@ def _safety_section(gate: dict | None, metrics: dict) -> str:
         "photos away (`not_dermoscopic` or `not_a_lesion`), but a close, sharp, well-lit phone photo of a mole "
         "can pass it and get an unreliable answer.\n"
         "- **Rare classes**: df and vasc have 14 and 18 test images; their figures are uncertain."
+        + _away_from_home(metrics, external)
     )
+
+
+def _away_from_home(metrics: dict, external: dict | None) -> str:
+    """The failure-mode line for other clinics and devices, from the external evaluation's own figures."""
+    overall = (external or {}).get("per_collection", {}).get("all")
+    if not overall:
+        return ""
+    mel = metrics.get("per_class", {}).get("mel", {})
+    turned = overall.get("turned_away")
+    return (
+        f"\n- **Other clinics and dermatoscopes**: on {overall['n']:,} dermoscopic images from collections it never "
+        f"trained on (external validation above) balanced accuracy is {_fmt(overall['balanced_accuracy'])} (over "
+        f"the classes present) and melanoma AUC {_fmt(overall['melanoma_auc'])}, against "
+        f"{_fmt(metrics['balanced_accuracy'])} and {_fmt(mel.get('auc'))} on the HAM10000 test split; its "
+        f"probabilities are less reliable there (ECE {_fmt(overall['ece'])})"
+        + (f", and the gate turns away {turned:.1%} of those lesions" if turned is not None else "") + "."
+    )
+
+
+def _sources_and_licences(meta: dict, external: dict | None) -> str:
+    """Which data sets the model saw, for what, under which licence (all non-commercial)."""
+    trained_on_isic = "isic" in str(meta.get("skinscan.training_data", "")).lower()
+    isic_use = "training" if trained_on_isic else ("external validation only" if external else None)
+    lines = ["Data sources and licences (all non-commercial: the weights inherit it):",
+             "- HAM10000 (Vienna, Queensland; Tschandl et al. 2018): training, validation and the test split; "
+             "CC BY-NC-SA 4.0."]
+    if isic_use:
+        lines.append(f"- ISIC 2019 challenge images that are not HAM10000 (BCN20000, Combalia et al. 2019; MSK and the "
+                     f"ISIC Archive, Codella et al. 2017): {isic_use}; CC BY-NC 4.0." + (
+                         " Most of the copy used here is 84x84 px (the originals are up to 1024 px), so the model "
+                         "learned those sources from blurred images." if trained_on_isic else ""))
+    return "\n".join(lines)
 
 
 def _in_graph_preprocessing(model: dict) -> str:
@@ -276,7 +309,8 @@ def render_model_card(package_dir: str | Path, metrics: dict, command: str, note
         "## Training data\n\n"
         f"{meta['skinscan.training_data']}. Validation split (15% of lesions) for model selection, the temperature "
         "and the malignancy threshold. Tschandl, P., Rosendahl, C. & Kittler, H. The HAM10000 dataset. "
-        "Sci. Data 5, 180161 (2018), doi:10.1038/sdata.2018.161; licence CC BY-NC-SA 4.0.",
+        "Sci. Data 5, 180161 (2018), doi:10.1038/sdata.2018.161; licence CC BY-NC-SA 4.0.\n\n"
+        + _sources_and_licences(meta, external),
         "## Quantitative analyses\n\n"
         "| test split | value |\n|---|---|\n"
         f"| balanced accuracy | {_fmt(metrics['balanced_accuracy'])}{_interval(metrics, 'balanced_accuracy')} |\n"
@@ -291,7 +325,7 @@ def render_model_card(package_dir: str | Path, metrics: dict, command: str, note
         f"{_fmt(calibration.get('ece_after'))} |\n\n"
         + _quantization_section(quantization),
         _external_section(metrics, external),
-        _safety_section(gate, metrics),
+        _safety_section(gate, metrics, external),
         "## Ethical considerations\n\n"
         "A false reassurance (a melanoma called benign) can delay treatment: the malignancy flag is tuned for "
         "sensitivity, and the app and CLI always show the disclaimer. The model has not been validated "

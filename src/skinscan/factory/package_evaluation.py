@@ -25,6 +25,7 @@ from skinscan.factory.data import (
     split_image_paths,
     split_with_metadata,
 )
+from skinscan.factory.metrics import expected_calibration_error
 from skinscan.factory.report import write_evaluation_report
 from skinscan.factory.sources import split_metadata
 from skinscan.runtime.classifier import Classifier
@@ -89,6 +90,7 @@ def evaluate_package(model: str | Path | None, split_csv: str | Path, out_dir: s
                         "by_reason": pd.Series([r for r in reasons if r]).value_counts().to_dict()}
                        if classifier.has_assess else None)
     metrics["part"] = part
+    metrics["calibration"] = package_calibration(classifier, y_true, probabilities)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     predictions = pd.DataFrame(probabilities, columns=list(classifier.labels))
     predictions.insert(0, "cannot_assess", [reason or "" for reason in reasons])
@@ -105,3 +107,18 @@ def evaluate_package(model: str | Path | None, split_csv: str | Path, out_dir: s
                          f"({reasons_text}); the metrics above score every image.\n")
         report.write(f"\n{DISCLAIMER}\n")
     return metrics
+
+
+def package_calibration(classifier: Classifier, y_true: np.ndarray, probabilities: np.ndarray) -> dict:
+    """ECE of the package's calibrated probabilities and of the network's raw softmax, recovered from them.
+
+    The graph outputs softmax(logits / T) with the temperature T in its metadata, so softmax(T * log p) is
+    softmax(logits) exactly (the constant that log p adds cancels): the "before" figure needs no logits.
+    """
+    temperature = float(classifier.metadata.get("skinscan.temperature", 1.0))
+    scaled = temperature * np.log(np.clip(probabilities, 1e-30, 1.0))
+    scaled -= scaled.max(axis=1, keepdims=True)
+    raw = np.exp(scaled) / np.exp(scaled).sum(axis=1, keepdims=True)
+    return {"temperature": temperature, "fitted_on": "val",
+            "ece_before": expected_calibration_error(y_true, raw),
+            "ece_after": expected_calibration_error(y_true, probabilities)}

@@ -337,6 +337,14 @@ def _decode(image_dir: Path, image_ids: list[str], config: PreprocessConfig, thr
     return decode_images(image_paths(image_dir, image_ids), config, threads, desc)
 
 
+def _decode_split_rows(data: FitData, rows: pd.DataFrame, config: PreprocessConfig, desc: str) -> np.ndarray:
+    """The split's rows decoded: each image in its own source's folder for a multi-source split, else in
+    `data.ham_dir` (a HAM10000-style folder or the images folder itself)."""
+    from skinscan.factory.data import decode_images, split_image_paths
+
+    return decode_images(split_image_paths(data.ham_dir, data.split_csv, rows), config, data.threads, desc)
+
+
 def fit_sets(data: FitData, config: PreprocessConfig) -> dict[str, np.ndarray]:
     """uint8 model inputs of every set the fit reads, by name:
     - `lesions`: HAM10000's train part and the extra folder's `fit` part (each up to `per_source`), each image
@@ -352,11 +360,9 @@ def fit_sets(data: FitData, config: PreprocessConfig) -> dict[str, np.ndarray]:
     from skinscan.runtime.preprocess import resize_to_input
 
     split = read_split(data.split_csv)
-    ham_images = Path(data.ham_dir) / "images" if (Path(data.ham_dir) / "images").is_dir() else Path(data.ham_dir)
     train = _sample(split[split.split == "train"], data.per_source, data.seed)
-    parts = [_decode(ham_images, train.image_id.tolist(), config, data.threads, "decode HAM train")]
-    val = {"val": _decode(ham_images, split[split.split == "val"].image_id.tolist(), config, data.threads,
-                          "decode HAM val")}
+    parts = [_decode_split_rows(data, train, config, "decode train")]
+    val = {"val": _decode_split_rows(data, split[split.split == "val"], config, "decode val")}
     if data.extra_dir is not None:
         rows = extra_rows(data.extra_dir)
         extra_images = Path(data.extra_dir) / "images"
@@ -486,8 +492,7 @@ def _probe_images(data: FitData, config: PreprocessConfig, count: int = 16) -> n
     from skinscan.factory.data import read_split
 
     split = read_split(data.split_csv)
-    ham_images = Path(data.ham_dir) / "images" if (Path(data.ham_dir) / "images").is_dir() else Path(data.ham_dir)
-    return _decode(ham_images, split[split.split == "val"].image_id.head(count).tolist(), config, 1, "decode probe")
+    return _decode_split_rows(data, split[split.split == "val"].head(count), config, "decode probe")
 
 
 def check_graph_scores(model: onnx.ModelProto, parameters: GateParameters, images: np.ndarray) -> None:
