@@ -271,9 +271,9 @@ def test_sampling_options_reach_the_sampler(ham10000_dir, split_csv, pretrained_
     seen = []
     original = train_module.sampling_weights
 
-    def spy(labels, power, num_classes, lesion_ids=None, histopathology=None, histo_weight=1.0):
+    def spy(labels, power, num_classes, lesion_ids=None, histopathology=None, histo_weight=1.0, sources=None):
         seen.append((lesion_ids, histopathology, histo_weight))
-        return original(labels, power, num_classes, lesion_ids, histopathology, histo_weight)
+        return original(labels, power, num_classes, lesion_ids, histopathology, histo_weight, sources)
 
     monkeypatch.setattr(train_module, "sampling_weights", spy)
     config = tiny_config(ham10000_dir, split_csv, tmp_path / "run", pretrained_v3_small, epochs=1,

@@ -51,6 +51,16 @@ def positive_float(text: str) -> float:
     return value
 
 
+def probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a probability between 0 and 1, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a probability between 0 and 1, got {text}")
+    return value
+
+
 def data_source(args):
     """The DataSource the data options name: --data's layout, with --images, --metadata and columns overriding."""
     from skinscan.factory.data import DataSource, as_source

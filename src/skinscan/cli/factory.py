@@ -11,7 +11,15 @@ import os
 from pathlib import Path
 
 from skinscan import DISCLAIMER
-from skinscan.cli.common import UsageError, add_data_arguments, data_source, positive_float, require_extra
+from skinscan.cli.common import (
+    UsageError,
+    add_data_arguments,
+    data_source,
+    positive_float,
+    positive_int,
+    probability,
+    require_extra,
+)
 from skinscan.paths import default_data_dir
 
 
@@ -34,12 +42,15 @@ def cmd_train(args) -> int:
         warmup_epochs=args.warmup_epochs, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
         sampling_power=args.sampling_power, logit_adjustment=args.logit_adjustment, ema_decay=args.ema_decay,
-        augment=AugmentConfig(zoom=tuple(args.zoom)), seed=args.seed, threads=args.threads, device=args.device,
+        augment=AugmentConfig(zoom=tuple(args.zoom), degrade_prob=args.degrade_prob,
+                              degrade_size=args.degrade_size, vignette_prob=args.vignette_prob),
+        seed=args.seed, threads=args.threads, device=args.device,
         max_images=args.max_images, label_set=load_label_set(args.labels).to_json(), compile=args.compile,
         teachers=[str(t) for t in args.teacher], distill_weight=args.distill_weight,
         distill_temperature=args.distill_temperature, mixup_alpha=args.mixup,
         color_constancy=args.color_constancy.replace("-", "_"), lesion_balanced=args.lesion_balanced,
         histo_weight=args.histo_weight, select=args.select.replace("-", "_"),
+        source_balanced=args.source_balance, epoch_images=args.epoch_images,
     )
     best = train(config, resume=args.resume)
     if os.environ.get("RANK", "0") != "0":
@@ -109,6 +120,21 @@ def add_train(verbs) -> None:
                     help="within each class, sample histopathology-confirmed images (metadata dx_type 'histo') W "
                          "times as often as the others, e.g. 3 for more of the hard, excised nevi; the class "
                          "balance is unchanged (default 1: no preference)")
+    tr.add_argument("--source-balance", action="store_true",
+                    help="within each class, sample every data source (the split CSV's 'source' column, e.g. from "
+                         "scripts/pooled_split.py) equally often, so a source's class mix teaches nothing")
+    tr.add_argument("--degrade-prob", type=probability, default=0.0, metavar="P",
+                    help="with probability P, shrink a training image that is not already low-resolution to "
+                         "--degrade-size px (shorter side) and back, so blur does not identify a source "
+                         "(e.g. 0.3 when pooling with 84-px images; default 0: off)")
+    tr.add_argument("--degrade-size", type=positive_int, default=84, metavar="PX",
+                    help="shorter side of the degraded copy (default: %(default)s, the ISIC 2019 extra images')")
+    tr.add_argument("--vignette-prob", type=probability, default=0.0, metavar="P",
+                    help="with probability P, black out the corners of a training image outside a random circle, "
+                         "as many dermatoscopes do (e.g. 0.2; default 0: off)")
+    tr.add_argument("--epoch-images", type=positive_int, default=0, metavar="N",
+                    help="images sampled per epoch (default 0: as many as the train part holds); gives runs on "
+                         "train sets of different sizes the same step budget")
     tr.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
                     help="mixup with lambda ~ Beta(ALPHA, ALPHA), e.g. 0.2 (0 = off, the default recipe)")
     tr.set_defaults(func=cmd_train)

@@ -25,6 +25,9 @@ class AugmentConfig:
     contrast: float = 0.2
     saturation: float = 0.2
     hue: float = 0.03                  # fraction of a full hue turn
+    degrade_prob: float = 0.0          # share of images (not already low-resolution) blurred to degrade_size and back
+    degrade_size: int = 84             # shorter side of the degraded copy: the ISIC 2019 extra images' 84 px
+    vignette_prob: float = 0.0         # share of images given a dark circular dermatoscope vignette
 
 
 def _uniform(low: float, high: float, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -101,6 +104,65 @@ def color_jitter(images: torch.Tensor, config: AugmentConfig, generator: torch.G
     return out.view_as(images).clamp_(0, 255)
 
 
+def degrade_resolution(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator,
+                       low_resolution: torch.Tensor | None = None) -> torch.Tensor:
+    """With probability `degrade_prob`, shrink an image to `degrade_size` px on its shorter side and back.
+
+    Why: in a pooled training set the BCN20000 images exist only at 84 px, and BCN is 23% melanoma and 23% bcc
+    against HAM10000's 11% and 5%; a model can learn "blurry = BCN = malignant" instead of dermoscopy. Giving
+    full-resolution images the same blur at some rate breaks that shortcut. Images already at low resolution
+    (`low_resolution`, a bool per image) are left alone: blurring them again would be a different degradation.
+    Float NCHW in, same shape out; antialiased bilinear down, bilinear up, as a photo taken at that resolution
+    and then resized for the network would look.
+    """
+    n, _, height, width = images.shape
+    chosen = torch.rand(n, generator=generator) < config.degrade_prob
+    if low_resolution is not None:
+        chosen &= ~low_resolution.cpu()
+    if config.degrade_prob <= 0 or not chosen.any():
+        return images
+    scale = config.degrade_size / min(height, width)
+    if scale >= 1:
+        return images
+    small_size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    index = to_device(chosen.nonzero().squeeze(1), images.device)
+    small = F.interpolate(images[index], size=small_size, mode="bilinear", antialias=True, align_corners=False)
+    out = images.clone()
+    out[index] = F.interpolate(small, size=(height, width), mode="bilinear", align_corners=False)
+    return out
+
+
+def add_vignette(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """With probability `vignette_prob`, black out what lies outside a random circle, as many dermatoscopes do.
+
+    Why: a round black frame is common in some sources (many BCN20000 and ISIC archive images) and rare in
+    HAM10000's cropped images; if only one source has it, "black circle" becomes a feature of that source's
+    class mix. The circle's centre is near the frame's centre (within 10% of the shorter side) and its radius is
+    0.7-1.0x half the longer side, so the corners go dark and the lesion in the middle stays; the edge is soft
+    (a few pixels), as a real lens's is.
+    """
+    n, _, height, width = images.shape
+    chosen = torch.rand(n, generator=generator) < config.vignette_prob
+    if config.vignette_prob <= 0 or not chosen.any():
+        return images
+    k = int(chosen.sum())
+    short, long = min(height, width), max(height, width)
+    centre_y = height / 2 + _uniform(-0.1, 0.1, k, generator) * short
+    centre_x = width / 2 + _uniform(-0.1, 0.1, k, generator) * short
+    radius = _uniform(0.7, 1.0, k, generator) * long / 2
+    softness = max(1.0, short / 60)
+    device = images.device
+    ys = torch.arange(height, dtype=torch.float32, device=device).view(1, height, 1) + 0.5
+    xs = torch.arange(width, dtype=torch.float32, device=device).view(1, 1, width) + 0.5
+    distance = torch.sqrt((ys - to_device(centre_y, device).view(k, 1, 1)) ** 2
+                          + (xs - to_device(centre_x, device).view(k, 1, 1)) ** 2)
+    mask = torch.sigmoid((to_device(radius, device).view(k, 1, 1) - distance) / softness)
+    index = to_device(chosen.nonzero().squeeze(1), device)
+    out = images.clone()
+    out[index] = images[index] * mask.unsqueeze(1)
+    return out
+
+
 def _hue_rotation(turns: torch.Tensor) -> torch.Tensor:
     """Per-image 3x3 rotation about the grey axis of RGB space by `turns` of a full circle."""
     angle = turns * 2 * math.pi
@@ -116,13 +178,24 @@ def _hue_rotation(turns: torch.Tensor) -> torch.Tensor:
     ], -2)
 
 
-def augment_batch(images_uint8_nhwc: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> augmented float (N, 3, H, W) in [0, 255], same size, channels_last."""
+def augment_batch(images_uint8_nhwc: torch.Tensor, config: AugmentConfig, generator: torch.Generator,
+                  low_resolution: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> augmented float (N, 3, H, W) in [0, 255], same size, channels_last.
+
+    Order: resolution degradation first (it stands for how the photo was taken), then the geometric transform,
+    the vignette (the dermatoscope's frame, drawn on the transformed view) and the colour jitter. Each step
+    draws from `generator` only when its probability is above 0, so a recipe without them replays the same
+    random draws as before they existed.
+    """
     images = images_uint8_nhwc.permute(0, 3, 1, 2).float().contiguous()
+    if config.degrade_prob > 0:
+        images = degrade_resolution(images, config, generator, low_resolution)
     n, _, height, width = images.shape
     theta = to_device(random_affine_theta(n, height, width, config, generator), images.device)
     grid = F.affine_grid(theta, [n, 3, height, width], align_corners=False)
     images = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    if config.vignette_prob > 0:
+        images = add_vignette(images, config, generator)
     images = color_jitter(images, config, generator)
     return images.contiguous(memory_format=torch.channels_last)
 

@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from skinscan.factory import distributed
 from skinscan.factory.augment import AugmentConfig, augment_batch, to_device, to_model_input
-from skinscan.factory.data import DatasetError, load_split_images, read_metadata, read_split
+from skinscan.factory.data import DatasetError, image_paths, load_split_images, read_metadata, read_split
 from skinscan.factory.model import create_model, model_from_checkpoint
 from skinscan.labels import HAM10000, LabelSet
 from skinscan.runtime.preprocess import PreprocessConfig
@@ -93,6 +93,10 @@ class TrainConfig:
     histo_weight: float = 1.0                  # within a class, histopathology-confirmed images' sampling weight
     #                                            relative to the others (sampling_weights); 1 = no preference
     select: str = "balanced_accuracy"          # which epoch best.pt keeps: see selection_score
+    source_balanced: bool = False              # within a class, give each source (split column `source`) an equal
+    #                                            share of the samples (sampling_weights)
+    epoch_images: int = 0                      # >0: images sampled per epoch (a fixed step budget across train sets
+    #                                            of different sizes); 0 = the size of the train part
 
     @property
     def labels(self) -> LabelSet:
@@ -121,12 +125,17 @@ class SplitData:
     lesion_ids: list[str] | None = None         # the split's group of each image
     histopathology: torch.Tensor | None = None  # bool (N,): the label was confirmed by histopathology (dx_type
     #                                             "histo"); read only when --histo-weight asks for it
+    sources: list[str] | None = None            # each image's source (split column `source`); for --source-balance
+    low_resolution: torch.Tensor | None = None  # bool (N,): the stored image is already at or below the degrade
+    #                                             size; read only when --degrade-prob asks for it
 
 
 def load_split_data(config: TrainConfig, parts=("train", "val")) -> dict[str, SplitData]:
     preprocess_config = PreprocessConfig(tuple(config.input_size), config.resize)
     split = read_split(config.split_csv)
     lesion_of = dict(zip(split.image_id, split.lesion_id, strict=True))
+    if config.source_balanced:
+        require_source_column(split, config.split_csv)
     result = {}
     for part in parts:
         images, labels, image_ids = load_split_images(config.data_dir, config.split_csv, part, preprocess_config,
@@ -134,6 +143,14 @@ def load_split_data(config: TrainConfig, parts=("train", "val")) -> dict[str, Sp
                                                       threads=_threads(config), labels=config.labels)
         result[part] = SplitData(torch.from_numpy(images), torch.from_numpy(labels), image_ids,
                                  lesion_ids=[lesion_of[i] for i in image_ids])
+    if "train" in result and config.source_balanced:
+        source_of = dict(zip(split.image_id, split.source, strict=True))
+        result["train"].sources = [source_of[i] for i in result["train"].image_ids]
+    if "train" in result and config.augment.degrade_prob > 0:
+        sides = native_short_sides(config.data_dir, result["train"].image_ids)
+        result["train"].low_resolution = torch.from_numpy(sides <= config.augment.degrade_size)
+        log.info("--degrade-prob: %d of %d train images are already at most %d px and are not degraded",
+                 int(result["train"].low_resolution.sum()), len(sides), config.augment.degrade_size)
     if config.histo_weight != 1.0 and "train" in result:
         sources_split = config.split_csv if "source" in split.columns else None  # multi-source: each source's CSV
         result["train"].histopathology = histopathology_mask(config.data_dir, result["train"].image_ids, sources_split)
@@ -163,13 +180,33 @@ def histopathology_mask(data_dir: str, image_ids: list[str], split_csv: str | No
     return torch.tensor([dx_type.get(i) == "histo" for i in image_ids])
 
 
+def require_source_column(split, split_csv) -> None:
+    """--source-balance needs each image's source: the split CSV's `source` column."""
+    if "source" not in split.columns or split.source.isna().any():
+        raise DatasetError(f"--source-balance needs a 'source' column (each image's data source) in {split_csv}, "
+                           + ("and some of its rows have none" if "source" in split.columns else
+                              f"which has only {', '.join(split.columns)}")
+                           + "; write a multi-source split (scripts/pooled_split.py) or drop --source-balance")
+
+
+def native_short_sides(data_dir: str, image_ids: list[str]) -> np.ndarray:
+    """Each image file's shorter side in pixels, read from the file header (no decoding: ~1 ms an image)."""
+    from PIL import Image
+
+    sides = []
+    for path in image_paths(data_dir, image_ids):
+        with Image.open(path) as image:
+            sides.append(min(image.size))
+    return np.array(sides, dtype=np.int64)
+
+
 def class_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return torch.bincount(labels, minlength=num_classes).float()
 
 
 def sampling_weights(labels: torch.Tensor, power: float, num_classes: int, lesion_ids: list[str] | None = None,
-                     histopathology: torch.Tensor | None = None,
-                     histo_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                     histopathology: torch.Tensor | None = None, histo_weight: float = 1.0,
+                     sources: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image sampling weights ~ n_c^-power, and the class prior those weights produce.
 
     With `lesion_ids`, each class keeps its share but spreads it equally over its lesions rather than its
@@ -182,6 +219,12 @@ def sampling_weights(labels: torch.Tensor, power: float, num_classes: int, lesio
     nevi confirmed by follow-up (55% of the train nevi) are easy, while excised, histopathology-confirmed nevi
     are the ones the model calls melanoma (142 of 320 on our test split, docs/RESULTS.md); sampling the hard
     nevi more often shows the model more of the nevus-melanoma boundary without changing the class balance.
+
+    With `sources` (each image's data source), each class also keeps its share but splits it equally between
+    the sources that have images of it (within a source, images or lesions keep their relative weights). Why:
+    pooled sources differ in class mix (BCN20000 is 23% melanoma, HAM10000 11%), so with image-proportional
+    sampling "looks like BCN" predicts melanoma; balancing class x source makes the source carry no information
+    about the class that sampling could teach.
     """
     counts = class_counts(labels, num_classes).clamp(min=1)
     class_weight = counts.pow(-power)
@@ -198,7 +241,23 @@ def sampling_weights(labels: torch.Tensor, power: float, num_classes: int, lesio
         weights = torch.where(histopathology, weights * histo_weight, weights)
         after = torch.zeros(num_classes).index_add_(0, labels, weights)
         weights = weights * (before / after.clamp(min=1e-12))[labels]
+    if sources is not None:
+        weights = _balance_sources(weights, labels, sources, num_classes)
     return weights, sampled_prior / sampled_prior.sum()
+
+
+def _balance_sources(weights: torch.Tensor, labels: torch.Tensor, sources: list[str], num_classes: int) -> torch.Tensor:
+    """Rescale `weights` so every (class, source) cell holds an equal part of its class's total weight."""
+    if len(sources) != len(labels):
+        raise ValueError(f"{len(sources)} sources for {len(labels)} images")
+    names = sorted(set(sources))
+    source_index = torch.tensor([names.index(name) for name in sources])
+    cell = labels * len(names) + source_index
+    cell_total = torch.zeros(num_classes * len(names)).index_add_(0, cell, weights)
+    class_total = cell_total.view(num_classes, len(names)).sum(1)
+    cells_per_class = (cell_total.view(num_classes, len(names)) > 0).sum(1).clamp(min=1)
+    target = (class_total / cells_per_class).repeat_interleave(len(names))
+    return weights * (target / cell_total.clamp(min=1e-12))[cell]
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -330,7 +389,7 @@ def train_one_epoch(model, ema, data: SplitData, optimizer, scheduler, config: T
                     prepare: Callable[[nn.Module], None] | None = None, label: str | None = None,
                     context: distributed.Context = distributed.SINGLE_PROCESS,
                     scaler: torch.amp.GradScaler | None = None) -> dict:
-    """One pass of `len(train)` square-root-balanced samples; returns mean loss and accuracy.
+    """One pass of `len(train)` (or `--epoch-images`) square-root-balanced samples; returns mean loss and accuracy.
 
     `ema` may be None (no weight averaging); `prepare(model)` runs after `model.train()` (e.g. to freeze
     BatchNorm statistics for quantization-aware fine-tuning); `label` names the progress bar. Under
@@ -345,13 +404,14 @@ def train_one_epoch(model, ema, data: SplitData, optimizer, scheduler, config: T
     scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
     weights, _ = sampling_weights(data.labels, config.sampling_power, len(log_prior),
                                   data.lesion_ids if config.lesion_balanced else None,
-                                  data.histopathology, config.histo_weight)
+                                  data.histopathology, config.histo_weight,
+                                  data.sources if config.source_balanced else None)
     # Every random draw of the epoch (sampling, augmentation, dropout) is seeded from (seed, epoch), so a
     # resumed run replays exactly the epochs an uninterrupted run would have.
     # The order is the same in every process; augmentation and dropout draws differ per process.
     generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
     torch.manual_seed(config.seed * 1000 + epoch + 7919 * context.rank)
-    order = torch.multinomial(weights, len(weights), replacement=True, generator=generator)
+    order = torch.multinomial(weights, config.epoch_images or len(weights), replacement=True, generator=generator)
     augment_generator = generator if context.is_main else torch.Generator().manual_seed(
         config.seed * 1000 + epoch + 7919 * context.rank)
     n_batches = len(order) // config.batch_size
@@ -361,7 +421,9 @@ def train_one_epoch(model, ema, data: SplitData, optimizer, scheduler, config: T
                disable=not context.is_main)
     for b in bar:
         index = distributed.shard(context, order[b * config.batch_size:(b + 1) * config.batch_size])
-        images = augment_batch(to_device(data.images[index], device), config.augment, augment_generator)
+        low_resolution = data.low_resolution[index] if data.low_resolution is not None else None
+        images = augment_batch(to_device(data.images[index], device), config.augment, augment_generator,
+                               low_resolution)
         labels = to_device(data.labels[index], device)
         mix = mixup(images, config.mixup_alpha, augment_generator) if config.mixup_alpha > 0 else None
         if mix is not None:
@@ -569,6 +631,8 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         raise ValueError("--mixup and --teacher cannot be combined (the teacher targets would need mixing too); "
                          "drop one of them")
     require_selection_rule(config.select)  # an unknown rule fails here, not after an epoch
+    if config.source_balanced:  # likewise a split without sources
+        require_source_column(read_split(config.split_csv), config.split_csv)
     out_dir.mkdir(parents=True, exist_ok=True)
     context = distributed.context_from_environment()  # torchrun's processes; one process otherwise
     if context.enabled and config.batch_size % context.world_size:
@@ -615,7 +679,7 @@ def _train(config: TrainConfig, out_dir: Path, last_path: Path, best_path: Path,
     ema = ExponentialMovingAverage(model, config.ema_decay)
     optimizer = build_optimizer(model, config)
     total_epochs = config.warmup_epochs + config.epochs
-    steps_per_epoch = len(data["train"].labels) // config.batch_size
+    steps_per_epoch = (config.epoch_images or len(data["train"].labels)) // config.batch_size
     total_steps = total_epochs * steps_per_epoch
     scheduler = learning_rate_schedule(optimizer, config.warmup_epochs * steps_per_epoch, config.warmup_steps,
                                        total_steps)
