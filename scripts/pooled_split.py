@@ -29,6 +29,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from skinscan.factory.data import METADATA_FILE, DataSource
+from skinscan.factory.sources import NamedSource, write_sources
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 EXTERNAL_WIDTH = 256  # the ISIC 2017-era images; the rest of the extra folder is 84 px
 
@@ -111,6 +114,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     split.to_csv(args.out / "split.csv", index=False)
     external.to_csv(args.out / "external.csv", index=False)
+    # A split with a `source` column says where each source's images are (`skinscan.factory.sources`'s sidecar).
+    sources = [NamedSource("ham10000", DataSource(image_dir=args.ham_images.resolve(),
+                                                  metadata=(args.ham_images.parent / METADATA_FILE).resolve())),
+               NamedSource("isic2019_extra", DataSource(image_dir=(args.extra / "images").resolve(),
+                                                        metadata=(args.extra / "metadata.csv").resolve()))]
+    for csv in ("split.csv", "external.csv"):
+        write_sources(sources, args.out / csv)
     print(split.groupby(["source", "split"]).size().to_string())
     collections = ", ".join(f"{name} {count}" for name, count in external.collection.value_counts().items())
     print(f"external: {len(external)} images ({collections}) -> {args.out / 'external.csv'}; "

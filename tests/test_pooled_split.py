@@ -92,6 +92,10 @@ def test_main_writes_readable_splits_and_links(tmp_path, capsys):
     assert "external: 12 images" in capsys.readouterr().out
     assert (out / "images" / "ISIC_H0.jpg").read_bytes() == b"h"
     assert (out / "images" / "ISIC_E0.jpg").read_bytes() == b"e"
+    from skinscan.factory.sources import source_image_paths  # the sidecar finds each image in its own source
+
+    paths = source_image_paths(out / "split.csv", split)
+    assert {p.parent for p in paths} == {ham_images.resolve(), (extra / "images").resolve()}
     assert pooled_split.main(args) == 0  # a rerun keeps the links
     assert "0 new links" in capsys.readouterr().out
     (extra / "images" / "ISIC_E0.jpg").unlink()
