@@ -253,3 +253,77 @@ def test_model_card_shows_the_external_collection_and_ordinary_photos():
     section = _gate_section({"fp32": report})
     assert "never fitted on) turned away (goal <= 5%) | 295/2745 (10.7%) |" in section
     assert "67/100 (67.0%) / 20%" in section and "`not_dermoscopic`" in section and "two faces" in section
+
+
+# ------------------------------------------------------------------------------------ the unseen-source line
+def _synthetic_fit(rng, shifts: dict[int, float], count: int = 400, width: int = 8):
+    """FitScores of two synthetic sources (Gaussian block statistics, each source shifted along its own axes),
+    with plain validation sets and ordinary photos; the quality scores are unremarkable for every row."""
+    from skinscan.factory.regate import EXTRA, HAM10000, FitScores, GateScores
+
+    def sample(source, n):
+        centre = np.zeros(width)
+        centre[source * 2:source * 2 + 2] = shifts[source]
+        return {block: rng.normal(centre, 1.0, (n, width)) for block in (4, 5)}
+
+    def scores(statistics):
+        n = len(statistics[4])
+        assess = np.column_stack([np.zeros(n), rng.lognormal(3, 0.3, n), rng.normal(150, 10, n), rng.normal(30, 3, n)])
+        return GateScores(statistics, assess, list(SCORES))
+
+    def joined(*parts):
+        return {block: np.concatenate([p[block] for p in parts]) for block in (4, 5)}
+    ordinary = {block: rng.normal(-4.0, 1.0, (count // 2, width)) for block in (4, 5)}
+    sets = {"lesions": scores(joined(sample(HAM10000, count), sample(EXTRA, count))),
+            "val": scores(sample(HAM10000, count)), "val_low_resolution": scores(sample(EXTRA, count)),
+            "ordinary": scores(ordinary)}
+    return FitScores(sets, np.r_[np.full(count, HAM10000), np.full(count, EXTRA)]), sample
+
+
+def test_unseen_source_line_keeps_more_of_a_third_source(tmp_path):
+    """Two training sources shifted apart; a third, shifted along axes neither showed. The line drawn for an
+    unseen source (leave-one-source-out) keeps more of the third source's lesions than the in-source line,
+    and still turns away points far from all of them."""
+    from skinscan.factory.regate import FitScores, fit_gate_and_thresholds
+
+    rng = np.random.default_rng(0)
+    fit, sample = _synthetic_fit(rng, {0: 0.0, 1: 1.5, 2: 1.5})
+    distance_line = {}
+    for line in ("in-source", "unseen-source"):
+        parameters, spec = fit_gate_and_thresholds(fit, line=line)
+        distance_line[line] = next(c["above"] for c in spec["checks"] if c["score"] == "lesion_distance")
+    third = sample(2, 1000)
+    parameters, spec = fit_gate_and_thresholds(fit, line="unseen-source")
+    distance, _ = score_numpy(parameters, third)
+    kept = {line: np.mean(distance <= value) for line, value in distance_line.items()}
+    assert distance_line["unseen-source"] > distance_line["in-source"]
+    assert kept["unseen-source"] > kept["in-source"] + 0.05, kept
+    far, _ = score_numpy(parameters, {block: rng.normal(6.0, 1.0, (200, 8)) for block in (4, 5)})
+    assert np.mean(far > distance_line["unseen-source"]) > 0.99
+    unseen = spec["unseen_source"]
+    assert set(unseen["ratio_when_unseen"]) == {"ham10000", "isic2019_extra"}
+    assert min(unseen["ratio_when_unseen"].values()) > 1  # an unseen source's lesions lie farther out
+    assert spec["val_rejected"] <= spec["budget"]
+    # the cache keeps the sources
+    fit.save(tmp_path / "fit.npz")
+    assert np.array_equal(FitScores.load(tmp_path / "fit.npz").lesion_source, fit.lesion_source)
+
+
+def test_unseen_source_line_refuses_fits_it_cannot_use():
+    from skinscan.factory.regate import FitScores, fit_gate_and_thresholds
+
+    fit, _ = _synthetic_fit(np.random.default_rng(1), {0: 0.0, 1: 1.5})
+    with pytest.raises(ValueError, match="delete the --cache file"):
+        fit_gate_and_thresholds(FitScores(fit.sets, None), line="unseen-source")
+    one_source = FitScores({k: v for k, v in fit.sets.items() if k != "val_low_resolution"}, fit.lesion_source)
+    with pytest.raises(ValueError, match="needs two training sources"):
+        fit_gate_and_thresholds(one_source, line="unseen-source")
+    with pytest.raises(ValueError, match="choose one of"):
+        fit_gate_and_thresholds(fit, line="nearest")
+
+
+def test_cli_unseen_source_line_needs_the_extra_folder(tmp_path, ham10000_dir, split_csv, capsys):
+    args = ["regate", "--model", str(bundled_package_dir()), "--data", str(ham10000_dir), "--split", str(split_csv),
+            "--line", "unseen-source"]
+    assert main(args) == 2
+    assert "pass --extra" in capsys.readouterr().err

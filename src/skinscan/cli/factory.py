@@ -390,7 +390,7 @@ def cmd_regate(args) -> int:
     data = FitData(args.data, args.split, args.extra, per_source=args.per_source, ordinary=args.ordinary,
                    seed=args.seed, threads=args.threads)
     try:
-        report = regate_package(args.model, data, cache=args.cache)
+        report = regate_package(args.model, data, cache=args.cache, line=args.line)
     except (IntegrityError, GateGraphError, FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from None
     for precision in ("fp32", "int8"):
@@ -398,6 +398,11 @@ def cmd_regate(args) -> int:
             checks = ", ".join(f"{c['reason']} {c['score']} {'<' if 'below' in c else '>'} "
                                f"{c.get('below', c.get('above')):.3g}" for c in report[precision]["checks"])
             print(f"{precision}: {report[precision]['val_rejected']:.1%} of validation lesions turned away; {checks}")
+    if "unseen_source" in report:
+        unseen = report["unseen_source"]
+        ratios = ", ".join(f"{name} unseen x{ratio:.2f}" for name, ratio in unseen["ratio_when_unseen"].items())
+        print(f"distance line for an unseen source: {unseen['line']:.3g} ({unseen['in_source_quantile']:.3g} x the "
+              f"largest of {ratios})")
     print(f"fitted on {report['fit']}; measure it with `skinscan gate --model {args.model}`")
     return 0
 
@@ -416,6 +421,9 @@ def add_regate(verbs) -> None:
     rg.add_argument("--per-source", type=int, default=1500, help="lesions drawn from each source's fitting part")
     rg.add_argument("--ordinary", type=int, default=300, help="ordinary photos of skin for the dermoscopy score")
     rg.add_argument("--cache", type=Path, default=None, help=".npz of the fitting sets' scores (reused if present)")
+    rg.add_argument("--line", choices=["in-source", "unseen-source"], default="in-source",
+                    help="draw the lesion distance line on the fitted sources' validation lesions (in-source) or "
+                         "for a source the Gaussian did not see (unseen-source: leave-one-source-out; needs --extra)")
     rg.add_argument("--seed", type=int, default=0)
     rg.add_argument("--threads", type=int, default=2)
     rg.set_defaults(func=cmd_regate)
