@@ -131,7 +131,7 @@ def test_the_diary_stores_only_ciphertext(diary_run, photos):
     assert re.search(rb"\xff\xd8\xff[\xe0-\xef\xdb]", blob) is None
     forbidden = [b"\x89PNG", b"/9j/", b"iVBOR", b"JFIF", b"Exif"]  # PNG, JPEG in base64, PNG in base64, APP0/1
     for text in [*FIRST.values(), *DARK.values(), *FROZEN.values(), *DATES, "Melanoma", "melanoma", "Suspicious",
-                 "too dark", "Cannot assess", "Not flagged", "lesion", "photo", "result"]:
+                 "too dark", "Cannot assess", "skin cancer", "dermoscopic", "lesion", "photo", "result"]:
         forbidden += [text.encode(), text.encode("utf-16-le")]
     found = [pattern for pattern in forbidden if pattern in blob]
     assert found == []
@@ -155,7 +155,9 @@ def test_entries_show_their_answer_and_history_is_side_by_side_in_date_order(dia
     assert [e["date"] for e in entries] == list(DATES)
     assert entries[0]["top"] == entries[1]["top"] and entries[0]["left"] < entries[1]["left"]  # one row, oldest left
     for entry in entries:
-        assert entry["answer"].startswith("Suspicious: see a dermatologist") and "Melanoma" in entry["answer"]
+        # The result screen's plain words (app/plain-words.js), then the likeliest diagnoses.
+        assert entry["answer"].startswith("Some features look like skin cancer: see a dermatologist soon.")
+        assert "Melanoma" in entry["answer"]
         assert max(entry["photo"]) <= 512 and min(entry["photo"]) > 0
     assert history["disclaimerVisible"] is True
     assert history["pageWidth"] <= 390  # nothing wider than the phone's screen
@@ -167,8 +169,11 @@ def test_entries_show_their_answer_and_history_is_side_by_side_in_date_order(dia
 
 def test_a_cannot_assess_entry_shows_the_reason_only(diary_run):
     (entry,) = diary_run["histories"][DARK["lesion"]]["entries"]
-    assert entry["answer"].startswith("Cannot assess this image: the image is too dark")
-    for diagnosis in ("Melanoma", "nevus", "Suspicious", "Not flagged", "%"):
+    # A darkened photo: the reason the user must act on first (with the lesion distance also over its line,
+    # "not a lesion photo" ranks above "too dark"), and nothing else.
+    assert entry["answer"].startswith("Cannot assess this image: ")
+    assert "too dark" in entry["answer"] or "does not look like a dermoscopic photo" in entry["answer"]
+    for diagnosis in ("Melanoma", "nevus", "skin cancer", "No strong sign", "%"):
         assert diagnosis not in entry["answer"]
 
 

@@ -6,7 +6,15 @@ numpy: the two names are looked up in `skinscan.runtime` on first use (PEP 562 m
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
+
+# ONNX Runtime >= 1.29 collects usage telemetry on Linux and macOS too (it writes a device id under
+# ~/.cache/Microsoft/DeveloperTools and may send events to Microsoft) unless this variable is set, and it reads
+# the variable when it is imported. skinscan promises that nothing leaves the device, so every entry point sets
+# it first: importing anything of skinscan runs this file before onnxruntime can be imported through it. A
+# user who wants ONNX Runtime's telemetry can set ORT_DISABLE_TELEMETRY=0 themselves.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 __version__ = "0.1.0"
 

@@ -9,6 +9,7 @@
 // URL parameters (for measuring): ?precision=fp32|int8  ?threads=N  ?maxfps=N (0 = as fast as possible)
 
 import { judge } from './assess.js';
+import { PLAIN } from './plain-words.js';
 import { centerCropBox } from './resize.js';
 import { attachDiary } from './diary-view.js';
 
@@ -100,14 +101,6 @@ function interpret(probabilities, assess = null, width = 0, height = 0) {
 
 const percent = (p) => `${(100 * p).toFixed(p < 0.1 ? 1 : 0)}%`;
 const rows = [];
-
-// What a result means, in plain words: the same sentences as skinscan/runtime/doctor_report.py.
-const PLAIN = {
-  flagged: 'Some features look like skin cancer: see a dermatologist soon.',
-  notFlagged: 'No strong sign of skin cancer in this image; keep watching it and see a doctor if it changes.',
-  noDiagnosis: 'No diagnosis is shown for this image: take a new photo as described above.',
-  noMap: 'No heat map: this image cannot be assessed.',
-};
 
 /** The malignant diagnosis the model rates highest, by name: "the likely type" of a flagged result. */
 function likelyCancer(result) {

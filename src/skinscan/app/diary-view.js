@@ -10,6 +10,7 @@
 import {
   DiaryError, MIN_PASSPHRASE, createDiary, deleteEverything, diaryExists, importBackup, openDiary,
 } from './diary.js';
+import { PLAIN } from './plain-words.js';
 
 const PHOTO_MAX_SIDE = 512; // the stored photo: enough to compare a lesion over time, small to encrypt and keep
 const JPEG_QUALITY = 0.85;
@@ -64,8 +65,7 @@ function answer(result) {
     return h('div', { className: 'diary-answer unsure' },
       h('p', { className: 'diary-verdict' }, `Cannot assess this image: ${result.message}.`));
   }
-  const verdict = result.malignant ? 'Suspicious: see a dermatologist about this lesion.'
-    : 'Not flagged as suspicious.';
+  const verdict = result.malignant ? PLAIN.flagged : PLAIN.notFlagged;
   return h('div', { className: `diary-answer${result.malignant ? ' flagged' : ''}` },
     h('p', { className: 'diary-verdict' }, verdict),
     h('ol', { className: 'diary-top' }, result.top.map((entry) => h('li', {},

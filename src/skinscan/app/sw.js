@@ -8,7 +8,7 @@
 const CACHE = 'skinscan-v1';
 const SHELL = [
   './', 'index.html', 'app.css', 'app.js', 'classifier-worker.js', 'resize.js', 'assess.js', 'diary.js',
-  'diary-view.js', 'manifest.webmanifest',
+  'diary-view.js', 'plain-words.js', 'manifest.webmanifest',
   'icons/icon-192.png', 'icons/icon-512.png',
   'vendor/onnxruntime-web/ort.wasm.min.mjs', 'vendor/onnxruntime-web/ort-wasm-simd-threaded.mjs',
   'vendor/onnxruntime-web/ort-wasm-simd-threaded.wasm',
