@@ -424,8 +424,8 @@ def add_regate(verbs) -> None:
     rg.add_argument("--line", choices=["in-source", "unseen-source"], default="in-source",
                     help="draw the lesion distance line on the fitted sources' validation lesions (in-source) or "
                          "for a source the Gaussian did not see (unseen-source: leave-one-source-out; needs --extra)")
-    rg.add_argument("--seed", type=int, default=0)
-    rg.add_argument("--threads", type=int, default=2)
+    rg.add_argument("--seed", type=int, default=0, help="seed of the samples and the device views drawn for the fit")
+    rg.add_argument("--threads", type=int, default=2, help="threads decoding images and running the graph")
     rg.set_defaults(func=cmd_regate)
 
 
