@@ -14,6 +14,7 @@ import onnxruntime as ort
 
 from skinscan import DISCLAIMER
 from skinscan.factory.report import collection_section, render_markdown
+from skinscan.runtime.assess import DERMOSCOPY
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -180,11 +181,18 @@ def _safety_section(gate: dict | None, metrics: dict, external: dict | None = No
         "- **Surgical ink markings, rulers, hair, bubbles**: dermoscopy classifiers learn them as shortcuts "
         "(ink markings raise melanoma scores); the gate does not look for them.\n"
         "- **Non-dermoscopic phone photos**: the model was trained on dermoscopy only. The gate turns many such "
-        "photos away (`not_dermoscopic` or `not_a_lesion`), but a close, sharp, well-lit phone photo of a mole "
-        "can pass it and get an unreliable answer.\n"
+        "photos away (" + ("`not_dermoscopic` or `not_a_lesion`" if _has_dermoscopy_check(gate) else
+                           "as `not_a_lesion`: this package has no `not_dermoscopic` check")
+        + "), but a close, sharp, well-lit phone photo of a mole can pass it and get an unreliable answer.\n"
         "- **Rare classes**: df and vasc have 14 and 18 test images; their figures are uncertain."
         + _away_from_home(metrics, external)
     )
+
+
+def _has_dermoscopy_check(gate: dict | None) -> bool:
+    """Whether the package's gate has the dermoscopy score (`skinscan regate`), from gate.json's thresholds."""
+    report = next(iter((gate or {}).values()), {})
+    return DERMOSCOPY in (report.get("thresholds") or {}).get("scores", [])
 
 
 def _away_from_home(metrics: dict, external: dict | None) -> str:
