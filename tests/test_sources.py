@@ -342,8 +342,9 @@ def test_multi_source_split_trains_evaluates_exports_and_gets_a_card(two_sources
     assert "## Per collection" in (tmp_path / "eval" / "report.md").read_text()
 
     package = tmp_path / "package"
+    # --regate: the gate's fit, too, finds each image in its own source's folder.
     assert main(["export", "--checkpoint", str(best), *nowhere, "--split", str(split), "--out", str(package),
-                 "--threads", "2"]) == 0
+                 "--threads", "2", "--regate"]) == 0
     assert main(["evaluate", "--model", str(package), "--precision", "fp32", "--split", str(split), "--part",
                  "external", "--out", str(tmp_path / "package-eval"), "--threads", "1"]) == 0
     assert main(["card", "--model", str(package), "--evaluation", str(tmp_path / "package-eval")]) == 0

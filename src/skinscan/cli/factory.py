@@ -257,7 +257,7 @@ def cmd_export(args) -> int:
     from skinscan.factory.export import build_package
 
     metadata = build_package(args.checkpoint, args.images or args.data, args.split, args.out, threads=args.threads,
-                             extra_dir=args.extra)
+                             regate=args.regate or args.extra is not None, extra_dir=args.extra)
     print(f"temperature {metadata['skinscan.temperature']:.3f}, malignant threshold "
           f"{metadata['skinscan.thresholds']['malignant']:.3f} (fitted on val)")
     print(f"model package: {args.out} (skinscan.onnx, skinscan.ort, manifest.json)")
@@ -273,9 +273,13 @@ def add_export(verbs) -> None:
                     help="the split CSV; its val part fits the calibration and thresholds")
     ex.add_argument("--out", type=Path, default=Path("runs/package"), help="model package folder to write")
     ex.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
+    ex.add_argument("--regate", action="store_true",
+                    help="fit the 'cannot assess' gate as `skinscan regate` does (pooled sources, device views, a "
+                         "dermoscopy score) instead of the bundled package's design; none of the re-fitted designs "
+                         "has met its rule yet (docs/RESULTS.md, 'Gate across devices')")
     ex.add_argument("--extra", type=Path, default=None,
-                    help="the ISIC 2019 extra folder: its images other than the 256-px external collection join the "
-                         "gate's fit (see `skinscan regate`)")
+                    help="with --regate (implied): the ISIC 2019 extra folder, whose images other than the 256-px "
+                         "external collection join the gate's fit")
     ex.set_defaults(func=cmd_export)
 
 
