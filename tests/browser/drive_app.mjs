@@ -10,9 +10,9 @@
 //          precisions?: [..], threads?: [..], frames?: N, rounds?: N, screenshot?: path, timeoutMs?,
 //          width?: px (ux), reports?: dir (ux: where the downloaded reports go), screenshots?: dir (ux)}
 
-import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { startServer, stopServer } from './server.mjs';
 
 process.env.PW_EXPERIMENTAL_SERVICE_WORKER_NETWORK_EVENTS = '1'; // report service-worker requests too
 const { chromium } = await import('playwright-core');
@@ -21,33 +21,6 @@ const config = JSON.parse(readFileSync(process.argv[2], 'utf8'));
 const TIMEOUT = config.timeoutMs ?? 60_000;
 const step = (message) => process.stderr.write(`[drive_app] ${message}\n`);
 const PHONE = { viewport: { width: 390, height: 844 }, deviceScaleFactor: 1, isMobile: true, hasTouch: true };
-
-/** Start `skinscan app` and resolve with {process, url} once it prints its URL. */
-function startServer(argv) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
-    let output = '';
-    const timer = setTimeout(() => reject(new Error(`server did not start: ${output}`)), 30_000);
-    const onData = (chunk) => {
-      output += chunk;
-      const match = output.match(/http:\/\/[^\s/]+:\d+\//);
-      if (match) {
-        clearTimeout(timer);
-        resolve({ child, url: match[0], output: () => output });
-      }
-    };
-    child.stdout.on('data', onData);
-    child.stderr.on('data', onData);
-    child.on('exit', (code) => { clearTimeout(timer); reject(new Error(`server exited (${code}): ${output}`)); });
-  });
-}
-
-async function stopServer(server) {
-  if (server.child.exitCode !== null || server.child.signalCode !== null) return;
-  const exited = new Promise((resolve) => server.child.once('exit', resolve));
-  server.child.kill('SIGTERM');
-  await exited;
-}
 
 async function launch() {
   const args = ['--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream'];

@@ -11,10 +11,10 @@
 // The raw IndexedDB dumps ("raw*") hold every key and value of the diary's database as stored, byte arrays as
 // base64, so that the test can look for anything readable in them.
 
-import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { startServer, stopServer } from './server.mjs';
 
 process.env.PW_EXPERIMENTAL_SERVICE_WORKER_NETWORK_EVENTS = '1'; // report service-worker requests too
 const { chromium } = await import('playwright-core');
@@ -24,32 +24,6 @@ const TIMEOUT = config.timeoutMs ?? 60_000;
 const step = (message) => process.stderr.write(`[drive_diary] ${message}\n`);
 const PHONE = { viewport: config.viewport ?? { width: 390, height: 844 }, deviceScaleFactor: 1, isMobile: true,
   hasTouch: true };
-
-function startServer(argv) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
-    let output = '';
-    const timer = setTimeout(() => reject(new Error(`server did not start: ${output}`)), 30_000);
-    const onData = (chunk) => {
-      output += chunk;
-      const match = output.match(/http:\/\/[^\s/]+:\d+\//);
-      if (match) {
-        clearTimeout(timer);
-        resolve({ child, url: match[0] });
-      }
-    };
-    child.stdout.on('data', onData);
-    child.stderr.on('data', onData);
-    child.on('exit', (code) => { clearTimeout(timer); reject(new Error(`server exited (${code}): ${output}`)); });
-  });
-}
-
-async function stopServer(server) {
-  if (server.child.exitCode !== null || server.child.signalCode !== null) return;
-  const exited = new Promise((resolve) => server.child.once('exit', resolve));
-  server.child.kill('SIGTERM');
-  await exited;
-}
 
 const log = { requests: [], errors: [] };
 
