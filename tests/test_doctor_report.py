@@ -154,7 +154,6 @@ def test_predict_report_writes_one_page_per_image(photos, tmp_path, capsys):
 
 
 def test_predict_explain_draws_no_map_for_an_image_that_cannot_be_assessed(photos, tmp_path, capsys):
-    pytest.importorskip("matplotlib")
     assert main(["predict", str(photos), "--explain", str(tmp_path / "maps"), "--threads", "1"]) == 0
     assert "1 explanation overlay(s)" in capsys.readouterr().out
     assert [p.name for p in (tmp_path / "maps").iterdir()] == ["lesion.png"]

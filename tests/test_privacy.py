@@ -24,10 +24,13 @@ socket.getaddrinfo = refuse
 """
 
 
-def run_offline(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_offline(args: list[str], cwd: Path, env: dict | None = None, unset: tuple[str, ...] = ()
+                ) -> subprocess.CompletedProcess:
+    """`skinscan ARGS` in a subprocess with the network blocked; `env` added to ours, `unset` names removed."""
     code = NO_NETWORK + "from skinscan.cli import main; sys.exit(main(sys.argv[1:]))"
+    inherited = {key: value for key, value in os.environ.items() if key not in unset}
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, **(env or {})}, timeout=600)
+                          env={**inherited, **(env or {})}, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +49,7 @@ def test_predict_with_the_bundled_model_never_uses_the_network(lesion_files, tmp
     work.mkdir()
     home.mkdir()
     env = {"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache")}
-    env_without_opt_out = {key: value for key, value in os.environ.items() if key != "ORT_DISABLE_TELEMETRY"}
-    code = NO_NETWORK + "from skinscan.cli import main; sys.exit(main(sys.argv[1:]))"
-    result = subprocess.run([sys.executable, "-c", code, "predict", *map(str, lesion_files), "--json"],
-                            capture_output=True, text=True, cwd=work, env={**env_without_opt_out, **env}, timeout=600)
+    result = run_offline(["predict", *map(str, lesion_files), "--json"], work, env, unset=("ORT_DISABLE_TELEMETRY",))
     assert result.returncode == 0, result.stderr
     assert "NETWORK ATTEMPT" not in result.stderr
     assert len(json.loads(result.stdout)["predictions"]) == 3

@@ -191,8 +191,7 @@ def test_a_pooled_run_hands_sources_and_resolutions_to_the_sampler_and_the_augme
     monkeypatch.setattr(train_module, "sampling_weights", weights_spy)
     monkeypatch.setattr(train_module, "augment_batch", augment_spy)
     monkeypatch.setattr(train_module, "native_short_sides",  # pretend every third image is an 84-px one
-                        lambda data_dir, ids, split_csv=None: np.array([84 if i % 3 == 0 else 150
-                                                                        for i in range(len(ids))]))
+                        lambda paths: np.array([84 if i % 3 == 0 else 150 for i in range(len(paths))]))
     config = TrainConfig(data_dir=str(ham10000_dir), split_csv=str(pooled), out_dir=str(tmp_path / "run"),
                          pretrained=None, input_size=(64, 84), warmup_epochs=0, epochs=1, batch_size=8,
                          warmup_steps=2, max_images=70, threads=1, seed=1, source_balanced=True, epoch_images=24,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.special import softmax
 from tqdm import tqdm
 
 from skinscan import DISCLAIMER
@@ -116,9 +117,7 @@ def package_calibration(classifier: Classifier, y_true: np.ndarray, probabilitie
     softmax(logits) exactly (the constant that log p adds cancels): the "before" figure needs no logits.
     """
     temperature = float(classifier.metadata.get("skinscan.temperature", 1.0))
-    scaled = temperature * np.log(np.clip(probabilities, 1e-30, 1.0))
-    scaled -= scaled.max(axis=1, keepdims=True)
-    raw = np.exp(scaled) / np.exp(scaled).sum(axis=1, keepdims=True)
+    raw = softmax(temperature * np.log(np.clip(probabilities, 1e-30, 1.0)), axis=1)
     return {"temperature": temperature, "fitted_on": "val",
             "ece_before": expected_calibration_error(y_true, raw),
             "ece_after": expected_calibration_error(y_true, probabilities)}

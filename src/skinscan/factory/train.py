@@ -48,7 +48,6 @@ from skinscan.factory import distributed
 from skinscan.factory.augment import AugmentConfig, augment_batch, to_device, to_model_input
 from skinscan.factory.data import (
     DatasetError,
-    image_paths,
     load_split_images,
     read_metadata,
     read_split,
@@ -154,8 +153,8 @@ def load_split_data(config: TrainConfig, parts=("train", "val")) -> dict[str, Sp
         source_of = dict(zip(split.image_id, split.source, strict=True))
         result["train"].sources = [source_of[i] for i in result["train"].image_ids]
     if "train" in result and config.augment.degrade_prob > 0:
-        sides = native_short_sides(config.data_dir, result["train"].image_ids,
-                                   config.split_csv if "source" in split.columns else None)
+        rows = split.set_index("image_id").loc[result["train"].image_ids].reset_index()
+        sides = native_short_sides(split_image_paths(config.data_dir, config.split_csv, rows))
         result["train"].low_resolution = torch.from_numpy(sides <= config.augment.degrade_size)
         log.info("--degrade-prob: %d of %d train images are already at most %d px and are not degraded",
                  int(result["train"].low_resolution.sum()), len(sides), config.augment.degrade_size)
@@ -197,17 +196,10 @@ def require_source_column(split, split_csv) -> None:
                            + "; write a multi-source split (scripts/pooled_split.py) or drop --source-balance")
 
 
-def native_short_sides(data_dir: str, image_ids: list[str], split_csv: str | None = None) -> np.ndarray:
-    """Each image file's shorter side in pixels, read from the file header (no decoding: ~1 ms an image).
-
-    `split_csv`: a multi-source split, whose images are looked up in their own sources' folders."""
+def native_short_sides(paths: list[Path]) -> np.ndarray:
+    """Each image file's shorter side in pixels, read from the file header (no decoding: ~1 ms an image)."""
     from PIL import Image
 
-    if split_csv is not None:
-        split = read_split(split_csv).set_index("image_id").loc[image_ids].reset_index()
-        paths = split_image_paths(data_dir, split_csv, split)
-    else:
-        paths = image_paths(data_dir, image_ids)
     sides = []
     for path in paths:
         with Image.open(path) as image:

@@ -1,8 +1,8 @@
 """A one-page screening report for the doctor: the photo, where the model looked, the answer in plain words.
 
 `skinscan predict --report DIR` writes one per image (PNG, and the same page as PDF); the web app draws the
-same page on a canvas (`app.js`, "Report for my doctor"). Pillow and numpy only: the runtime install is lean,
-so no matplotlib (the `--explain` overlays use it) and no torch.
+same page on a canvas (`app.js`, "Report for my doctor"). Pillow and numpy only (the runtime install is lean);
+the map is upsampled and coloured as the `--explain` overlays are (`skinscan.runtime.explain`).
 
 The page says what the app says, no more: the top diagnoses in plain words with the screening advice, or,
 for an image that cannot be assessed, the reason and what to do, and then no diagnosis, percentage or heat map.
@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
 from skinscan import DISCLAIMER
+from skinscan.runtime.explain import jet, upsample
 
 if TYPE_CHECKING:
     from skinscan.runtime.classifier import Prediction
@@ -32,7 +33,7 @@ HEAT_ALPHA = 0.6  # the map's opacity at its peak: strong enough to read, the le
 HEAT_FLOOR = 0.15  # map values below this stay transparent: "not looked at" is the photo itself
 INK, MUTED, WARN, UNSURE, RULE = (20, 30, 35), (90, 105, 110), (190, 60, 20), (150, 110, 0), (200, 205, 208)
 
-# Plain words, the same sentences as the app (app.js, `PLAIN`): what the flag means, what to do.
+# Plain words, the same sentences as the app (app/plain-words.js, `PLAIN`): what the flag means, what to do.
 FLAGGED = "Some features look like skin cancer: see a dermatologist soon."
 NOT_FLAGGED = "No strong sign of skin cancer in this image; keep watching it and see a doctor if it changes."
 CANNOT_ASSESS = "This image cannot be assessed, so there is no screening result."
@@ -49,27 +50,18 @@ class ReportModel:
     label_names: dict[str, str]
 
 
-def jet(values: np.ndarray) -> np.ndarray:
-    """Values in [0, 1] -> RGB uint8, the jet-like ramp of the app's overlay (blue, cyan, yellow, red)."""
-    v = np.clip(values, 0.0, 1.0)[..., None]
-    channels = np.concatenate([1.5 - np.abs(4 * v - 3), 1.5 - np.abs(4 * v - 2), 1.5 - np.abs(4 * v - 1)], axis=-1)
-    return (255 * np.clip(channels, 0.0, 1.0)).astype(np.uint8)
-
-
 def heat_overlay(image: np.ndarray, cam: np.ndarray) -> Image.Image:
     """The model input uint8 [H, W, 3] under its Grad-CAM map [h, w] (upsampled bilinearly, as the app does)."""
-    height, width = image.shape[:2]
-    heat = Image.fromarray(np.asarray(cam, dtype=np.float32)).resize((width, height), Image.Resampling.BILINEAR)
-    heat = np.clip(np.asarray(heat, dtype=np.float32), 0.0, 1.0)
+    heat = np.clip(upsample(cam, image.shape[:2]), 0.0, 1.0)
     alpha = HEAT_ALPHA * np.clip((heat - HEAT_FLOOR) / 0.25, 0.0, 1.0)[..., None]
-    blended = image.astype(np.float32) * (1 - alpha) + jet(heat).astype(np.float32) * alpha
+    blended = image.astype(np.float32) * (1 - alpha) + 255.0 * jet(heat) * alpha
     return Image.fromarray(np.round(blended).astype(np.uint8))
 
 
 def legend_bar(width: int, height: int) -> Image.Image:
     """The colour ramp, blue (left, least) to red (right, most)."""
     ramp = np.tile(np.linspace(0.0, 1.0, width, dtype=np.float32), (height, 1))
-    return Image.fromarray(jet(ramp))
+    return Image.fromarray((255 * jet(ramp)).astype(np.uint8))
 
 
 def plain_result(prediction: Prediction, model: ReportModel) -> tuple[str, list[str]]:
