@@ -333,3 +333,48 @@ def test_bundled_gate_meets_its_goals_on_the_test_split(bundled_gate_report, pre
     shipped = json.loads((bundled_package_dir() / "gate.json").read_text())[precision]
     assert shipped["lesions"]["rejected"] == report["lesions"]["rejected"]
     assert shipped["non_lesions"]["rejected"] == report["non_lesions"]["rejected"]
+
+
+# ------------------------------------------------------------------------- a fresh non-lesion set
+def test_folder_corpus_takes_every_readable_image_and_crops_the_large_ones(tmp_path):
+    from PIL import Image
+
+    from skinscan.factory.nonlesion import folder_corpus
+
+    Image.new("RGB", (400, 300), (10, 120, 30)).save(tmp_path / "field.jpg")
+    Image.new("RGBA", (120, 90), (200, 0, 0, 128)).save(tmp_path / "small.png")
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "notes.txt").write_text("not an image")
+    items = folder_corpus(tmp_path)
+    assert [item.name for item in items][:2] == ["field.jpg", "field.jpg (top left)"]
+    assert len(items) == 6 and {item.image.mode for item in items} == {"RGB"}
+    assert {item.group for item in items} == {"fresh: whole images", "fresh: crops"}
+
+
+def test_gate_measures_a_fresh_non_lesion_set(ham10000_dir, split_csv, tmp_path, capsys):
+    pytest.importorskip("skimage", reason="the non-lesion corpus is scikit-image's sample images (`dev` extra)")
+    import shutil
+
+    from PIL import Image
+
+    from skinscan.cli import main
+
+    package = tmp_path / "package"
+    shutil.copytree(bundled_package_dir(), package)
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    for i, colour in enumerate([(0, 90, 200), (240, 240, 240), (30, 30, 30)]):
+        Image.new("RGB", (400, 300), colour).save(fresh / f"flat{i}.png")  # whole + 4 quadrant crops
+    args = ["gate", "--model", str(package), "--data", str(ham10000_dir), "--split", str(split_csv),
+            "--max-images", "8", "--degraded", "2"]
+    assert main([*args, "--fresh-non-lesions", str(fresh)]) == 0
+    out = capsys.readouterr().out
+    assert "fresh non-lesion set: 15/15 (100.0%) turned away" in out  # flat colour: never a lesion photo
+    report = json.loads((package / "gate.json").read_text())["fp32"]["fresh_non_lesions"]
+    assert report["images"] == 15 and report["accepted"] == []
+    assert main([*args, "--fresh-non-lesions", str(tmp_path / "nope")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([*args, "--fresh-non-lesions", str(empty)]) == 2
+    assert "no readable .jpg or .png images" in capsys.readouterr().err

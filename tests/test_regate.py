@@ -78,9 +78,25 @@ def test_regate_writes_the_fitted_numbers_into_both_graphs(regated):
     # (not bit-equal: the two graphs' float blocks are fused and scheduled differently by ORT)
     for block in fp32.statistics:
         assert np.allclose(fp32.statistics[block], int8.statistics[block], rtol=1e-2, atol=1e-2)
-    for score in ("lesion_distance", DERMOSCOPY):
-        assert np.allclose(fp32.column(score), int8.column(score), rtol=2e-2, atol=2e-2)
+    assert np.allclose(fp32.column("lesion_distance"), int8.column("lesion_distance"), rtol=2e-2, atol=2e-2)
     assert (folder / "skinscan-int8.ort").is_file()  # the ORT form was re-made (its sha256 is in the manifest)
+
+
+def test_dermoscopy_score_reads_the_pooled_features_in_both_graphs(regated):
+    """The default fit reads the classifier's pooled features: the FP32 graph's head input as it is, the INT8
+    graph's through one added DequantizeLinear (the head's QGemm still reads the quantized tensor)."""
+    from skinscan.factory.regate import POOLED_OUTPUT, pooled_features_tensor
+
+    folder = regated["folder"]
+    fp32, int8 = (onnx.load(str(folder / f)) for f in (FP32_FILE, INT8_FILE))
+    assert pooled_features_tensor(fp32) == "/Flatten_2_output_0"
+    assert [n.op_type for n in int8.graph.node if POOLED_OUTPUT in n.output] == ["DequantizeLinear"]
+    for model in (fp32, int8):
+        names = {init.name for init in model.graph.initializer}
+        assert "gate.dermoscopy_weight_pooled" in names and "gate.dermoscopy_weight_4" not in names
+    a, b = gate_scores(fp32, regated["inputs"]["fp32"]), gate_scores(int8, regated["inputs"]["int8"])
+    assert a.pooled.shape == b.pooled.shape == (len(regated["inputs"]["fp32"]), 576)
+    assert np.corrcoef(a.column(DERMOSCOPY), b.column(DERMOSCOPY))[0, 1] > 0.95  # INT8 pooled features: close
 
 
 def test_regate_is_idempotent_in_structure(regated, ham10000_dir, split_csv):
@@ -123,7 +139,7 @@ def test_dermoscopy_score_separates_dermoscopy_like_from_photo_like_images():
     ordinary = np.stack([classifier.preprocess(_photo_like(rng)) for _ in range(40)])
     d, o = gate_scores(model, dermoscopic).statistics, gate_scores(model, ordinary).statistics
     fit, held = slice(0, 25), slice(25, 40)
-    weight, bias = fit_dermoscopy({b: v[fit] for b, v in d.items()}, {b: v[fit] for b, v in o.items()})
+    weight, bias = fit_dermoscopy({b: v[fit] for b, v in d.items()}, [{b: v[fit] for b, v in o.items()}])
 
     def score(statistics):
         return sum(statistics[b][held] @ w for b, w in weight.items()) + bias
@@ -290,10 +306,10 @@ def test_unseen_source_line_keeps_more_of_a_third_source(tmp_path):
     fit, sample = _synthetic_fit(rng, {0: 0.0, 1: 1.5, 2: 1.5})
     distance_line = {}
     for line in ("in-source", "unseen-source"):
-        parameters, spec = fit_gate_and_thresholds(fit, line=line)
+        parameters, spec = fit_gate_and_thresholds(fit, line=line, features="block-statistics")
         distance_line[line] = next(c["above"] for c in spec["checks"] if c["score"] == "lesion_distance")
     third = sample(2, 1000)
-    parameters, spec = fit_gate_and_thresholds(fit, line="unseen-source")
+    parameters, spec = fit_gate_and_thresholds(fit, line="unseen-source", features="block-statistics")
     distance, _ = score_numpy(parameters, third)
     kept = {line: np.mean(distance <= value) for line, value in distance_line.items()}
     assert distance_line["unseen-source"] > distance_line["in-source"]
@@ -304,6 +320,9 @@ def test_unseen_source_line_keeps_more_of_a_third_source(tmp_path):
     assert set(unseen["ratio_when_unseen"]) == {"ham10000", "isic2019_extra"}
     assert min(unseen["ratio_when_unseen"].values()) > 1  # an unseen source's lesions lie farther out
     assert spec["val_rejected"] <= spec["budget"]
+    moved = unseen["dermoscopy"]  # the dermoscopy line is drawn for an unseen device too: never above in-source
+    assert moved["line"] <= moved["in_source_line"] and set(moved["shift_when_unseen"]) == {"ham10000"}
+    assert next(c["below"] for c in spec["checks"] if c["score"] == DERMOSCOPY) == moved["line"]
     # the cache keeps the sources
     fit.save(tmp_path / "fit.npz")
     assert np.array_equal(FitScores.load(tmp_path / "fit.npz").lesion_source, fit.lesion_source)
@@ -314,12 +333,14 @@ def test_unseen_source_line_refuses_fits_it_cannot_use():
 
     fit, _ = _synthetic_fit(np.random.default_rng(1), {0: 0.0, 1: 1.5})
     with pytest.raises(ValueError, match="delete the --cache file"):
-        fit_gate_and_thresholds(FitScores(fit.sets, None), line="unseen-source")
+        fit_gate_and_thresholds(FitScores(fit.sets, None), line="unseen-source", features="block-statistics")
     one_source = FitScores({k: v for k, v in fit.sets.items() if k != "val_low_resolution"}, fit.lesion_source)
     with pytest.raises(ValueError, match="needs two training sources"):
-        fit_gate_and_thresholds(one_source, line="unseen-source")
+        fit_gate_and_thresholds(one_source, line="unseen-source", features="block-statistics")
     with pytest.raises(ValueError, match="choose one of"):
         fit_gate_and_thresholds(fit, line="nearest")
+    with pytest.raises(ValueError, match="no pooled features"):  # a cache from before the pooled features
+        fit_gate_and_thresholds(fit, line="in-source", features="pooled")
 
 
 def test_cli_unseen_source_line_needs_the_extra_folder(tmp_path, ham10000_dir, split_csv, capsys):

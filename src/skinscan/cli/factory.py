@@ -355,8 +355,8 @@ def cmd_gate(args) -> int:
 
     try:
         report = gate_report(args.model, args.data, args.split, part=args.part, max_images=args.max_images,
-                             external=args.external, degraded=args.degraded)
-    except (ModelPackageError, ValueError) as error:  # ValueError: a package without the gate
+                             external=args.external, degraded=args.degraded, fresh_non_lesions=args.fresh_non_lesions)
+    except (ModelPackageError, ValueError, FileNotFoundError) as error:  # ValueError: a package without the gate
         raise UsageError(str(error)) from None
     print(format_gate_report(report))
     print(f"report: {Path(args.model) / 'gate.json'}")
@@ -378,11 +378,15 @@ def add_gate(verbs) -> None:
                     help="the ISIC 2019 extra folder: also measure its external collection (the 256-px images)")
     ga.add_argument("--degraded", type=int, default=0, metavar="N",
                     help="degrade only N lesions of each set, spread evenly (default: all)")
+    ga.add_argument("--fresh-non-lesions", type=Path, default=None, metavar="DIR",
+                    help="a folder of images that are not lesions, measured as a second non-lesion set (whole and "
+                         "as quadrant crops), e.g. OpenCV's sample images")
     ga.set_defaults(func=cmd_gate)
 
 
 def cmd_regate(args) -> int:
     require_extra("train")  # onnx and scikit-learn (torch itself is not needed)
+    from skinscan.factory.negatives import INDEX_FILE, NegativesError, fetch
     from skinscan.factory.regate import FitData, GateGraphError, regate_package
     from skinscan.runtime.manifest import IntegrityError
 
@@ -391,11 +395,17 @@ def cmd_regate(args) -> int:
             raise UsageError(f"{option} {folder} is not a folder")
     if not Path(args.split).is_file():
         raise UsageError(f"--split {args.split} not found; write it with `skinscan data split --seed 0`")
+    if args.negatives is not None and not (args.negatives / INDEX_FILE).is_file():
+        print(f"fetching the generic photos into {args.negatives} (apt-get download; once)")
+        try:
+            fetch(args.negatives)
+        except NegativesError as error:
+            raise UsageError(str(error)) from None
     data = FitData(args.data, args.split, args.extra, per_source=args.per_source, ordinary=args.ordinary,
-                   seed=args.seed, threads=args.threads)
+                   negatives=args.negatives, generic=args.generic, seed=args.seed, threads=args.threads)
     try:
-        report = regate_package(args.model, data, cache=args.cache, line=args.line)
-    except (IntegrityError, GateGraphError, FileNotFoundError, ValueError) as error:
+        report = regate_package(args.model, data, cache=args.cache, line=args.line, features=args.features)
+    except (IntegrityError, GateGraphError, FileNotFoundError, ValueError, NegativesError) as error:
         raise UsageError(str(error)) from None
     for precision in ("fp32", "int8"):
         if precision in report:
@@ -407,6 +417,9 @@ def cmd_regate(args) -> int:
         ratios = ", ".join(f"{name} unseen x{ratio:.2f}" for name, ratio in unseen["ratio_when_unseen"].items())
         print(f"distance line for an unseen source: {unseen['line']:.3g} ({unseen['in_source_quantile']:.3g} x the "
               f"largest of {ratios})")
+        moved = unseen["dermoscopy"]
+        shifts = ", ".join(f"{name} unseen -{shift:.2f}" for name, shift in moved["shift_when_unseen"].items())
+        print(f"dermoscopy line for an unseen source: {moved['line']:.3g} ({moved['in_source_line']:.3g}, {shifts})")
     print(f"fitted on {report['fit']}; measure it with `skinscan gate --model {args.model}`")
     return 0
 
@@ -424,10 +437,18 @@ def add_regate(verbs) -> None:
                          "the fit")
     rg.add_argument("--per-source", type=int, default=1500, help="lesions drawn from each source's fitting part")
     rg.add_argument("--ordinary", type=int, default=300, help="ordinary photos of skin for the dermoscopy score")
+    rg.add_argument("--negatives", type=Path, default=None,
+                    help="folder of generic non-lesion photos for the dermoscopy score (Debian's wallpapers and "
+                         "backgrounds; fetched into it with apt-get download if it has no index.json)")
+    rg.add_argument("--generic", type=int, default=1500, help="crops of the generic photos the fit draws")
+    rg.add_argument("--features", choices=["pooled", "block-statistics"], default="pooled",
+                    help="what the dermoscopy score reads: the classifier's pooled features (candidate 4 in "
+                         "docs/RESULTS.md) or the distance's block-4/5 statistics (candidates 1-3)")
     rg.add_argument("--cache", type=Path, default=None, help=".npz of the fitting sets' scores (reused if present)")
     rg.add_argument("--line", choices=["in-source", "unseen-source"], default="in-source",
-                    help="draw the lesion distance line on the fitted sources' validation lesions (in-source) or "
-                         "for a source the Gaussian did not see (unseen-source: leave-one-source-out; needs --extra)")
+                    help="draw the distance and dermoscopy lines on the fitted sources' validation lesions "
+                         "(in-source) or for a source the fit did not see (unseen-source: leave-one-source-out; "
+                         "needs --extra)")
     rg.add_argument("--seed", type=int, default=0, help="seed of the samples and the device views drawn for the fit")
     rg.add_argument("--threads", type=int, default=2, help="threads decoding images and running the graph")
     rg.set_defaults(func=cmd_regate)

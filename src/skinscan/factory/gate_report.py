@@ -79,6 +79,7 @@ class GateInputs:
     external: pd.DataFrame | None = None  # the external collection's metadata rows, in the order of `external_images`
     external_images: list[Image.Image] | None = None
     external_degraded: dict[str, list[Image.Image]] | None = None
+    fresh: list | None = None  # a second non-lesion set nobody fitted on or chose a design with (NonLesionImage)
 
 
 def _spread(images: list, count: int) -> list:
@@ -89,7 +90,8 @@ def _spread(images: list, count: int) -> list:
 
 
 def load_gate_inputs(data_dir: str | Path, split_csv: str | Path, part: str = "test",
-                     max_images: int = 0, external: str | Path | None = None, degraded: int = 0) -> GateInputs:
+                     max_images: int = 0, external: str | Path | None = None, degraded: int = 0,
+                     fresh_non_lesions: str | Path | None = None) -> GateInputs:
     """Decode the lesions of `part` (the first `max_images` if set), build the non-lesion corpus, the ordinary
     photos of skin and the degradations; with `external` (the ISIC 2019 extra folder) its external collection."""
     from skinscan.factory.nonlesion import ORDINARY_SKIN_HELD_OUT, non_lesion_corpus, ordinary_skin_photos
@@ -104,6 +106,12 @@ def load_gate_inputs(data_dir: str | Path, split_csv: str | Path, part: str = "t
                         for name, degrade in tqdm(DEGRADATIONS.items(), desc="degradations", leave=False)}
     ordinary = ordinary_skin_photos(ORDINARY_SKIN_HELD_OUT, ORDINARY_SKIN_PHOTOS, seed=1)
     inputs = GateInputs(part, rows, lesions, non_lesion_corpus(), degraded_lesions, ordinary)
+    if fresh_non_lesions is not None:
+        from skinscan.factory.nonlesion import folder_corpus
+
+        inputs.fresh = folder_corpus(fresh_non_lesions)
+        if not inputs.fresh:
+            raise FileNotFoundError(f"{fresh_non_lesions}: no readable .jpg or .png images in it")
     if external is not None:
         from skinscan.factory.regate import external_rows
 
@@ -151,6 +159,12 @@ def measure_gate(classifier: Classifier, inputs: GateInputs, batch_size: int = 3
                               for c in sorted(inputs.external.collection.unique())},
             "degradations": {name: _summary(classifier.classify_batch(images, batch_size))
                              for name, images in inputs.external_degraded.items()}}}
+    fresh = {}
+    if inputs.fresh:
+        fresh_predictions = classifier.classify_batch([item.image for item in inputs.fresh], batch_size,
+                                                      sources=[item.name for item in inputs.fresh])
+        fresh["fresh_non_lesions"] = {**_summary(fresh_predictions), "accepted": [
+            item.name for p, item in zip(fresh_predictions, inputs.fresh, strict=True) if p.assessable]}
     goals_met = {"lesions": lesion_summary["rejected_share"] <= GOALS["lesions_rejected_at_most"],
                  "non_lesions": corpus_summary["rejected_share"] >= GOALS["non_lesions_rejected_at_least"]}
     if external:
@@ -161,6 +175,7 @@ def measure_gate(classifier: Classifier, inputs: GateInputs, batch_size: int = 3
         "lesions": {**lesion_summary, "by_diagnosis": by_diagnosis},
         "non_lesions": {**corpus_summary, "groups": groups, "accepted": accepted},
         **external,
+        **fresh,
         "ordinary_skin_photos": ordinary,
         "degradations": degradations,
         "goals": GOALS,
@@ -182,11 +197,12 @@ def _median_scores(predictions) -> dict[str, float]:
 
 def gate_report(package_dir: str | Path, data_dir: str | Path, split_csv: str | Path, part: str = "test",
                 max_images: int = 0, threads: int | None = None, external: str | Path | None = None,
-                degraded: int = 0) -> dict:
+                degraded: int = 0, fresh_non_lesions: str | Path | None = None) -> dict:
     """Measure every precision in the package; write `gate.json` beside the models and return it.
 
     external: the ISIC 2019 extra folder (its external collection is measured too); degraded: degrade only
-    this many lesions of each set, spread evenly (0: all), to keep a CPU run short.
+    this many lesions of each set, spread evenly (0: all), to keep a CPU run short; fresh_non_lesions: a folder
+    of images measured as a second non-lesion set (`skinscan.factory.nonlesion.folder_corpus`).
     """
     from skinscan.runtime.classifier import FP32_FILE, INT8_FILE
 
@@ -198,7 +214,9 @@ def gate_report(package_dir: str | Path, data_dir: str | Path, split_csv: str | 
             raise ValueError(f"{classifier.path} has no 'cannot assess' gate (no `assess` output); re-export it")
     if external is not None and not (Path(external) / "metadata.csv").is_file():
         raise ValueError(f"{external} has no metadata.csv: --external must be the ISIC 2019 extra folder")
-    inputs = load_gate_inputs(data_dir, split_csv, part, max_images, external, degraded)
+    if fresh_non_lesions is not None and not Path(fresh_non_lesions).is_dir():
+        raise ValueError(f"--fresh-non-lesions {fresh_non_lesions} is not a folder")
+    inputs = load_gate_inputs(data_dir, split_csv, part, max_images, external, degraded, fresh_non_lesions)
     report = {precision: measure_gate(classifier, inputs) for precision, classifier in classifiers.items()}
     (package_dir / "gate.json").write_text(json.dumps(report, indent=2))
     return report
@@ -220,6 +238,10 @@ def format_gate_report(report: dict) -> str:
                 lines.append(f"    external, {name}: {d['rejected_share']:.1%} turned away {d['reasons']}")
         for group, g in others["groups"].items():
             lines.append(f"  {group}: {g['rejected']}/{g['images']} turned away")
+        if "fresh_non_lesions" in r:
+            f = r["fresh_non_lesions"]
+            lines.append(f"  fresh non-lesion set: {f['rejected']}/{f['images']} ({f['rejected_share']:.1%}) turned "
+                         f"away {f['reasons']}")
         o = r["ordinary_skin_photos"]
         lines.append(f"  ordinary photos of skin (held-out portrait): {o['rejected']}/{o['images']} turned away, "
                      f"{o['not_dermoscopic_share']:.0%} as not_dermoscopic {o['reasons']}")

@@ -129,3 +129,25 @@ def ordinary_skin_photos(source: str, count: int, seed: int = 0) -> list[NonLesi
         close_up = crop.resize((SKIN_CLOSE_UP_SIZE[1], SKIN_CLOSE_UP_SIZE[1]), Image.Resampling.LANCZOS)
         photos.append(NonLesionImage("ordinary skin photos", f"{source} (skin crop {i})", close_up))
     return photos
+
+
+def folder_corpus(folder, suffixes: tuple[str, ...] = (".jpg", ".jpeg", ".png")) -> list[NonLesionImage]:
+    """Every image of a folder (not its subfolders), whole and, when large enough, as quadrant crops: a second,
+    fresh non-lesion set for `skinscan gate --fresh-non-lesions` (e.g. OpenCV's sample images), measured as
+    the corpus is. Unreadable files are skipped; an empty result is an error the caller reports."""
+    from pathlib import Path
+
+    items = []
+    for path in sorted(Path(folder).iterdir()):
+        if path.suffix.lower() not in suffixes:
+            continue
+        try:
+            with Image.open(path) as opened:
+                image = _as_rgb(np.asarray(opened.convert("RGBA")))
+        except OSError:
+            continue
+        items.append(NonLesionImage("fresh: whole images", path.name, image))
+        if min(image.size) >= QUADRANT_MIN_SIDE:
+            items += [NonLesionImage("fresh: crops", f"{path.name} ({where})", crop)
+                      for where, crop in quadrant_crops(image)]
+    return items

@@ -9,20 +9,24 @@ slight blur, exposure, contrast and white-balance shifts, a circular vignette, a
 
 What it changes in a package, and only that: the initializers of the distance (`gate.mean_<block>`,
 `gate.whiten_<block>`, the same shapes), one new score column `dermoscopy` in the `assess` output (a
-logistic regression on the same block statistics: dermoscopic vs an ordinary photo of skin, four
-initializers and a handful of nodes), the thresholds in the `skinscan.assess` metadata, and then the `.ort`
-forms and the manifest. The classifier's nodes and weights are not touched, so its outputs stay
-bit-identical (tested). The INT8 graph keeps the stem and blocks 1-5 in float (`skinscan.factory.quantize`), so its
-statistics equal the FP32 graph's up to float rounding (~1e-3 relative: ORT fuses the two graphs differently;
-tested) and the same parameters and thresholds apply to both.
+logistic regression, dermoscopic vs an ordinary photo of skin and, with `FitData.negatives`, generic photos of
+another source; on the classifier's pooled features by default, read beside its head (in the INT8 graph through
+one added DequantizeLinear), or on the block statistics: two initializers and a handful of nodes), the
+thresholds in the `skinscan.assess` metadata, and then the `.ort` forms and the manifest. The classifier's nodes
+and weights are not touched (only, where a new node needs it, their order), so its outputs stay bit-identical
+(tested). The INT8 graph keeps the stem and blocks 1-5 in float (`skinscan.factory.quantize`), so its statistics
+equal the FP32 graph's up to float rounding (~1e-3 relative: ORT fuses the two graphs differently; tested) and the
+same parameters and thresholds apply to both; its pooled features are the INT8 head's quantized input, so the
+dermoscopy score is close to FP32's, not equal (measured: the same refusal rates; docs/RESULTS.md, candidate 5).
 
 The thresholds (`fit_gate_and_thresholds`) are drawn per source on validation lesions, never on the external
-collection: by default plain and as device views; with `line="unseen-source"` the distance line is instead drawn
-for a source the Gaussian did not see (leave-one-source-out, `unseen_source_line`). Measured (docs/RESULTS.md,
-"Gate across devices", candidates 1-3): the in-source fits keep HAM10000's test lesions and refuse the non-lesion
-corpus as required, but still turn away ~10% of the external collection's lesions as "not a lesion"; the
-unseen-source line keeps the external lesions (4.2% turned away, 1 as "not a lesion") but lets a quarter of the
-non-lesion corpus through. So the bundled package keeps its older gate for now.
+collection: by default plain and as device views; with `line="unseen-source"` the distance and dermoscopy lines
+are instead drawn for a source the fit did not see (leave-one-source-out, `unseen_source_line`,
+`unseen_source_dermoscopy_line`). Measured (docs/RESULTS.md, "Gate across devices", candidates 1-5): the
+in-source fits keep HAM10000's test lesions and refuse the non-lesion corpus as required, but still turn away
+~10% of the external collection's lesions as "not a lesion"; the unseen-source lines keep the external lesions
+(4.2-4.4% turned away) but let 14-26% of the non-lesion corpus through (stained tissue, a fundus, fur, faces),
+with or without the generic negatives. So the bundled package keeps its older gate for now.
 """
 
 from __future__ import annotations
@@ -50,6 +54,9 @@ if TYPE_CHECKING:
 MEAN, WHITEN = "gate.mean_{}", "gate.whiten_{}"
 DERMOSCOPY_WEIGHT, DERMOSCOPY_BIAS = "gate.dermoscopy_weight_{}", "gate.dermoscopy_bias"
 DERMOSCOPY_OUTPUT = "gate_dermoscopy_score"
+POOLED = "pooled"  # the dermoscopy score's input when it reads the classifier's pooled features
+POOLED_OUTPUT = "gate_pooled_features"  # their float form in an INT8 graph (a DequantizeLinear the gate adds)
+FEATURES = ("pooled", "block-statistics")  # what the dermoscopy score reads (`fit_parameters`)
 
 
 class GateGraphError(ValueError):
@@ -72,6 +79,22 @@ def statistics_tensors(model: onnx.ModelProto) -> dict[int, str]:
     return dict(sorted(found.items()))
 
 
+def pooled_features_tensor(model: onnx.ModelProto) -> str:
+    """The float [N, C] tensor the classifier's head reads (the pooled features of its last block), found as the
+    first input of the head's first Gemm (`classifier.0`). In an INT8 graph that input is quantized: a
+    DequantizeLinear (`POOLED_OUTPUT`) is added once, in place, beside the head's QGemm, which it leaves alone."""
+    for position, node in enumerate(model.graph.node):
+        if node.op_type == "Gemm" and any(name.endswith("classifier.0.weight") for name in node.input):
+            return node.input[0]
+        if node.op_type == "QGemm" and "classifier.0" in node.name:
+            if not any(POOLED_OUTPUT in n.output for n in model.graph.node):
+                model.graph.node.insert(position, helper.make_node(
+                    "DequantizeLinear", list(node.input[:3]), [POOLED_OUTPUT], name="/gate/pooled/DequantizeLinear"))
+            return POOLED_OUTPUT
+    raise GateGraphError("the graph has no classifier head (a Gemm or QGemm named classifier.0): is it a skinscan "
+                         "model exported by `skinscan export`?")
+
+
 @dataclass
 class GateScores:
     """What the graph computes for a set of images: the block statistics and the `assess` scores."""
@@ -79,42 +102,58 @@ class GateScores:
     statistics: dict[int, np.ndarray]
     assess: np.ndarray
     names: list[str]  # the `assess` columns, from the metadata
+    pooled: np.ndarray | None = None  # the classifier's pooled features [N, C] (caches before them: None)
 
     def column(self, name: str) -> np.ndarray:
         return self.assess[:, self.names.index(name)]
 
     def subset(self, mask: np.ndarray) -> GateScores:
-        return GateScores({k: v[mask] for k, v in self.statistics.items()}, self.assess[mask], self.names)
+        return GateScores({k: v[mask] for k, v in self.statistics.items()}, self.assess[mask], self.names,
+                          None if self.pooled is None else self.pooled[mask])
+
+    def features(self, kind: str) -> dict:
+        """What the dermoscopy score reads: {"pooled": [N, C]} or the block statistics."""
+        if kind == "block-statistics":
+            return self.statistics
+        if self.pooled is None:
+            raise ValueError("the fitting scores have no pooled features (a --cache file written before they "
+                             "existed): delete the --cache file to recompute it")
+        return {POOLED: self.pooled}
 
 
 def concatenate(parts: list[GateScores]) -> GateScores:
+    pooled = None if any(p.pooled is None for p in parts) else np.concatenate([p.pooled for p in parts])
     return GateScores({k: np.concatenate([p.statistics[k] for p in parts]) for k in parts[0].statistics},
-                      np.concatenate([p.assess for p in parts]), parts[0].names)
+                      np.concatenate([p.assess for p in parts]), parts[0].names, pooled)
 
 
-def session_with_statistics(model: onnx.ModelProto, threads: int = 1) -> tuple[ort.InferenceSession, dict[int, str]]:
-    """An ORT session whose outputs include the block statistics (extra graph outputs, float, [N, 2C])."""
+def session_with_statistics(model: onnx.ModelProto,
+                            threads: int = 1) -> tuple[ort.InferenceSession, dict[int, str], str]:
+    """An ORT session whose outputs include the block statistics (extra graph outputs, float, [N, 2C]) and the
+    classifier's pooled features (float, [N, C]); with the statistics' names by block and the pooled one's."""
     tensors = statistics_tensors(model)
     model = onnx.ModelProto.FromString(model.SerializeToString())  # leave the caller's graph alone
+    pooled = pooled_features_tensor(model)
     existing = {output.name for output in model.graph.output}
-    for name in tensors.values():
+    for name in [*tensors.values(), pooled]:
         if name not in existing:
             model.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]), tensors
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session, tensors, pooled
 
 
 def gate_scores(model: onnx.ModelProto, images: np.ndarray, batch_size: int = 32, threads: int = 1) -> GateScores:
     """Run uint8 [N, H, W, 3] model inputs through the graph up to the gate (ORT runs only what the requested
     outputs need: the stem, blocks 1-5 and the gate, not the classifier's head)."""
-    runner, tensors = session_with_statistics(model, threads)
-    names = [*tensors.values(), ASSESS]
+    runner, tensors, pooled_name = session_with_statistics(model, threads)
+    names = [*tensors.values(), pooled_name, ASSESS]
     parts = [runner.run(names, {"image": images[i:i + batch_size]}) for i in range(0, len(images), batch_size)]
     statistics = {block: np.concatenate([p[i] for p in parts]) for i, block in enumerate(tensors)}
-    assess = np.concatenate([p[-1] for p in parts])
-    return GateScores(statistics, assess, list(read_metadata(model)["skinscan.assess"]["scores"]))
+    pooled, assess = (np.concatenate([p[i] for p in parts]) for i in (-2, -1))
+    return GateScores(statistics, assess, list(read_metadata(model)["skinscan.assess"]["scores"]), pooled)
 
 
 # ------------------------------------------------------------------------------------ other devices' views
@@ -169,7 +208,7 @@ class GateParameters:
 
     mean: dict[int, np.ndarray]
     whiten: dict[int, np.ndarray]
-    dermoscopy_weight: dict[int, np.ndarray] = field(default_factory=dict)
+    dermoscopy_weight: dict = field(default_factory=dict)  # by block, or {POOLED: w} on the pooled features
     dermoscopy_bias: float = 0.0
 
 
@@ -182,43 +221,67 @@ def fit_gaussian(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, whiten / np.sqrt(np.median(distance))
 
 
-def fit_dermoscopy(dermoscopic: dict[int, np.ndarray], ordinary: dict[int, np.ndarray],
-                   regularisation: float = 0.05) -> tuple[dict[int, np.ndarray], float]:
-    """A class-balanced logistic regression, dermoscopic (1) vs ordinary photos of skin (0), on the standardised
-    block statistics; returned unstandardised (score = sum_b x_b . w_b + bias), so the graph needs no scaling.
+REGULARISATION = {"block-statistics": 0.05, "pooled": 0.002}  # C of `fit_dermoscopy`, by its input (RESULTS,
+# candidate 4: chosen on leave-one-source-out and held-out generic photos, fit side only)
+
+
+def fit_dermoscopy(dermoscopic: dict, negatives: list[dict],
+                   regularisation: float = 0.05) -> tuple[dict, float]:
+    """A logistic regression, dermoscopic (1) vs each group of `negatives` (0: ordinary photos of skin, and
+    generic non-lesion photos when given), on the standardised block statistics; returned unstandardised
+    (score = sum_b x_b . w_b + bias), so the graph needs no scaling. The positives weigh as much as all
+    negatives together, and each negative group as much as every other, so a large generic set does not drown
+    the few skin photos.
 
     Strongly regularised (C = `regularisation`): the ordinary photos are few (see `skinscan.factory.nonlesion`), and
     a weak direction that generalises beats a sharp one that memorises one portrait.
     """
     blocks = sorted(dermoscopic)
-    x = np.concatenate([np.concatenate([dermoscopic[b] for b in blocks], 1),
-                        np.concatenate([ordinary[b] for b in blocks], 1)]).astype(np.float64)
-    y = np.r_[np.ones(len(dermoscopic[blocks[0]])), np.zeros(len(ordinary[blocks[0]]))]
+    groups = [dermoscopic, *negatives]
+    x = np.concatenate([np.concatenate([group[b] for b in blocks], 1) for group in groups]).astype(np.float64)
+    counts = [len(group[blocks[0]]) for group in groups]
+    y = np.concatenate([np.full(count, float(i == 0)) for i, count in enumerate(counts)])
+    weight_of = [0.5] + [0.5 / len(negatives)] * len(negatives)
+    sample_weight = np.concatenate([np.full(count, w * len(x) / count) for w, count in zip(weight_of, counts,
+                                                                                             strict=True)])
     centre, scale = x.mean(0), x.std(0) + 1e-6
-    fitted = LogisticRegression(C=regularisation, class_weight="balanced", max_iter=2000)
-    fitted.fit((x - centre) / scale, y)
+    fitted = LogisticRegression(C=regularisation, max_iter=2000)
+    fitted.fit((x - centre) / scale, y, sample_weight=sample_weight)
     weight = fitted.coef_[0] / scale
     bias = float(fitted.intercept_[0] - centre @ weight)
     sizes = np.cumsum([0] + [dermoscopic[b].shape[1] for b in blocks])
     return {b: weight[sizes[i]:sizes[i + 1]] for i, b in enumerate(blocks)}, bias
 
 
-def fit_parameters(lesions: dict[int, np.ndarray], ordinary: dict[int, np.ndarray] | None) -> GateParameters:
-    """The pooled Gaussian per block, and (with ordinary photos) the dermoscopy score."""
-    gaussians = {block: fit_gaussian(x) for block, x in lesions.items()}
+def fit_parameters(lesions: GateScores, ordinary: GateScores | None, generic: GateScores | None = None,
+                   features: str = "pooled") -> GateParameters:
+    """The pooled Gaussian per block, and (with ordinary photos) the dermoscopy score on `features` ("pooled":
+    the classifier's pooled features; "block-statistics": the distance's statistics), which also learns from
+    generic non-lesion photos when given (`skinscan.factory.negatives`)."""
+    if features not in FEATURES:
+        raise ValueError(f"features {features!r}: choose one of {', '.join(FEATURES)}")
+    gaussians = {block: fit_gaussian(x) for block, x in lesions.statistics.items()}
     parameters = GateParameters({b: g[0] for b, g in gaussians.items()}, {b: g[1] for b, g in gaussians.items()})
     if ordinary is not None:
-        parameters.dermoscopy_weight, parameters.dermoscopy_bias = fit_dermoscopy(lesions, ordinary)
+        negatives = [ordinary.features(features)] + ([generic.features(features)] if generic is not None else [])
+        parameters.dermoscopy_weight, parameters.dermoscopy_bias = fit_dermoscopy(
+            lesions.features(features), negatives, REGULARISATION[features])
     return parameters
 
 
-def score_numpy(parameters: GateParameters, statistics: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def score_numpy(parameters: GateParameters, statistics: dict[int, np.ndarray],
+                pooled: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(lesion distance, dermoscopy score) as the graph computes them; for choosing designs without a graph."""
     distance = sum((((statistics[b] - parameters.mean[b]) @ parameters.whiten[b]) ** 2).sum(1) for b in parameters.mean)
+    inputs = {**statistics, POOLED: pooled}
     dermoscopy = np.zeros(len(distance)) + parameters.dermoscopy_bias
-    for block, weight in parameters.dermoscopy_weight.items():
-        dermoscopy = dermoscopy + statistics[block] @ weight
+    for key, weight in parameters.dermoscopy_weight.items():
+        dermoscopy = dermoscopy + inputs[key] @ weight
     return distance, dermoscopy
+
+
+def score_sets(parameters: GateParameters, scores: GateScores) -> tuple[np.ndarray, np.ndarray]:
+    return score_numpy(parameters, scores.statistics, scores.pooled)
 
 
 # ------------------------------------------------------------------------------------ writing the graph
@@ -247,19 +310,33 @@ def write_parameters(model: onnx.ModelProto, parameters: GateParameters) -> onnx
     metadata = read_metadata(model)
     scores = list(metadata["skinscan.assess"]["scores"])
     if parameters.dermoscopy_weight:
-        for block in tensors:
-            put(DERMOSCOPY_WEIGHT.format(block), parameters.dermoscopy_weight[block][:, None])
+        inputs = {POOLED: pooled_features_tensor(model)} if POOLED in parameters.dermoscopy_weight else tensors
+        if set(inputs) != set(parameters.dermoscopy_weight):
+            raise GateGraphError(f"the fit's dermoscopy score reads {sorted(map(str, parameters.dermoscopy_weight))}, "
+                                 f"the graph offers {sorted(map(str, inputs))}")
+        if DERMOSCOPY in scores and _dermoscopy_inputs(model) != set(map(str, inputs)):
+            raise GateGraphError("the package's dermoscopy score reads other features than this fit; re-export the "
+                                 "package (`skinscan export`) and re-fit its gate")
+        for key in inputs:
+            put(DERMOSCOPY_WEIGHT.format(key), parameters.dermoscopy_weight[key][:, None])
         put(DERMOSCOPY_BIAS, np.array([parameters.dermoscopy_bias]))
         if DERMOSCOPY not in scores:
-            _add_dermoscopy_nodes(model, tensors)
+            _add_dermoscopy_nodes(model, inputs)
             scores.append(DERMOSCOPY)
             spec = {**metadata["skinscan.assess"], "scores": scores}
             set_metadata(model, {"skinscan.assess": json.dumps(spec)})
     return model
 
 
-def _add_dermoscopy_nodes(model: onnx.ModelProto, tensors: dict[int, str]) -> None:
-    """score = sum_b statistics_b @ w_b + bias, [N, 1], appended to the Concat that makes `assess`."""
+def _dermoscopy_inputs(model: onnx.ModelProto) -> set[str]:
+    """The keys (blocks or "pooled") of the dermoscopy weights a graph already has."""
+    prefix = DERMOSCOPY_WEIGHT.format("")
+    return {init.name[len(prefix):] for init in model.graph.initializer if init.name.startswith(prefix)}
+
+
+def _add_dermoscopy_nodes(model: onnx.ModelProto, tensors: dict) -> None:
+    """score = sum_k input_k @ w_k + bias, [N, 1], appended to the Concat that makes `assess`; the inputs are
+    the block statistics or the pooled features."""
     nodes, terms = [], []
     for block, name in tensors.items():
         terms.append(f"gate_dermoscopy_term_{block}")
@@ -278,11 +355,32 @@ def _add_dermoscopy_nodes(model: onnx.ModelProto, tensors: dict[int, str]) -> No
     position = list(model.graph.node).index(concat)
     for offset, node in enumerate(nodes):
         model.graph.node.insert(position + offset, node)
+    _sort_topologically(model)  # the pooled features come after the gate in the graph's order
     for output in model.graph.output:
         if output.name == ASSESS:  # [N, scores]: the column count is fixed in the declared shape, if any
             dims = output.type.tensor_type.shape.dim
             if len(dims) == 2 and dims[1].HasField("dim_value"):
                 dims[1].dim_value += 1
+
+
+def _sort_topologically(model: onnx.ModelProto) -> None:
+    """Reorder the nodes so that every input is made before it is read, as ONNX requires; stable: a graph already
+    in order keeps it, and a node that must wait moves down only as far as its inputs."""
+    available = {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer} | {""}
+    pending, ordered = list(model.graph.node), []
+    while pending:
+        waiting = []
+        for node in pending:  # one pass in the present order; what is ready goes out, the rest waits
+            if all(name in available for name in node.input):
+                ordered.append(onnx.NodeProto.FromString(node.SerializeToString()))
+                available.update(node.output)
+            else:
+                waiting.append(node)
+        if len(waiting) == len(pending):
+            raise GateGraphError("the gate's nodes read a tensor nothing makes; re-export the package")
+        pending = waiting
+    del model.graph.node[:]
+    model.graph.node.extend(ordered)
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -298,6 +396,8 @@ class FitData:
     extra_dir: Path | None = None
     per_source: int = 1500   # lesions drawn from each source's fitting part (plus as many device views)
     ordinary: int = 300      # ordinary photos of skin (crops of the fitting portrait)
+    negatives: Path | None = None  # generic non-lesion photos (`skinscan.factory.negatives`) for the dermoscopy score
+    generic: int = 1500      # crops of them for the fit (and a fifth as many of the held-out photos)
     seed: int = 0
     threads: int = 2
 
@@ -384,6 +484,23 @@ def fit_sets(data: FitData, config: PreprocessConfig) -> tuple[dict[str, np.ndar
     return {"lesions": lesions, **val, "ordinary": ordinary}, np.concatenate([source, source])
 
 
+NEGATIVE_SETS = ("generic", "generic_held_out")
+
+
+def negative_sets(data: FitData, config: PreprocessConfig) -> dict[str, np.ndarray]:
+    """uint8 model inputs of the generic non-lesion crops (`skinscan.factory.negatives`): `generic` from the fit
+    photos (the dermoscopy score learns from them) and `generic_held_out` from the held-out photos (measured)."""
+    from skinscan.factory.negatives import random_crops
+    from skinscan.runtime.preprocess import resize_to_input
+
+    if data.negatives is None:
+        return {}
+    return {name: np.stack([resize_to_input(crop, config)
+                            for crop in random_crops(data.negatives, part, count, data.seed)])
+            for name, part, count in (("generic", "fit", data.generic),
+                                      ("generic_held_out", "held_out", max(1, data.generic // 5)))}
+
+
 # ------------------------------------------------------------------------------------------ the package
 @dataclass
 class FitScores:
@@ -397,6 +514,8 @@ class FitScores:
         for name, scores in self.sets.items():
             arrays[f"{name}/assess"] = scores.assess
             arrays.update({f"{name}/{block}": value for block, value in scores.statistics.items()})
+            if scores.pooled is not None:
+                arrays[f"{name}/{POOLED}"] = scores.pooled
         np.savez(path, names=np.array(next(iter(self.sets.values())).names), **arrays)
 
     @classmethod
@@ -412,15 +531,27 @@ class FitScores:
                 scores = sets.setdefault(set_name, GateScores({}, np.empty(0), names))
                 if what == "assess":
                     scores.assess = archive[key]
+                elif what == POOLED:
+                    scores.pooled = archive[key]
                 else:
                     scores.statistics[int(what)] = archive[key]
         return cls(sets, source)
 
 
-def compute_fit_scores(model: onnx.ModelProto, data: FitData) -> FitScores:
+def compute_fit_scores(model: onnx.ModelProto, data: FitData, cached: FitScores | None = None) -> FitScores:
+    """The scores of every fitting set; with `cached`, only the sets it lacks (the generic crops are a later
+    addition, and the lesion sets take the longest)."""
     config = PreprocessConfig.from_json(read_metadata(model)["skinscan.preprocess"])
-    images, source = fit_sets(data, config)
-    return FitScores({name: gate_scores(model, array, threads=data.threads) for name, array in images.items()}, source)
+    if cached is None:
+        images, source = fit_sets(data, config)
+        fit = FitScores({name: gate_scores(model, array, threads=data.threads) for name, array in images.items()},
+                        source)
+    else:
+        fit = cached
+    if data.negatives is not None and not set(NEGATIVE_SETS) <= set(fit.sets):
+        fit.sets.update({name: gate_scores(model, array, threads=data.threads)
+                         for name, array in negative_sets(data, config).items()})
+    return fit
 
 
 LINES = ("in-source", "unseen-source")  # how the distance line is drawn (`fit_gate_and_thresholds`)
@@ -450,11 +581,11 @@ def unseen_source_line(fit: FitScores, parameters: GateParameters, budget: float
     lesions = fit.sets["lesions"]
 
     def quantile(fitted: GateParameters, name: str) -> float:
-        return float(np.quantile(score_numpy(fitted, fit.sets[name].statistics)[0], 1 - budget))
+        return float(np.quantile(score_sets(fitted, fit.sets[name])[0], 1 - budget))
 
     ratios = {}
     for held_out, source in sources.items():
-        fitted = fit_parameters(lesions.subset(fit.lesion_source != source).statistics, None)
+        fitted = fit_parameters(lesions.subset(fit.lesion_source != source), None)
         in_source = max(quantile(fitted, name) for name, other in sources.items() if other != source)
         ratios[SOURCE_NAMES[source]] = quantile(fitted, held_out) / in_source
     in_all = max(quantile(parameters, name) for name in sources)
@@ -462,34 +593,71 @@ def unseen_source_line(fit: FitScores, parameters: GateParameters, budget: float
             "quantile": 1 - budget}
 
 
-def fit_gate_and_thresholds(fit: FitScores, line: str = "in-source") -> tuple[GateParameters, dict]:
+NATIVE_SIZE_VAL = ("val",)  # sources whose images reach the graph at their own size (not the 84-px images)
+
+
+def unseen_source_dermoscopy_line(fit: FitScores, features: str, line: float, tail: float) -> dict:
+    """The dermoscopy line moved to where a source the score was not fitted on keeps (1 - tail) of its plain
+    validation lesions (leave-one-source-out, as `unseen_source_line` does for the distance): for each source S
+    whose images reach the graph at their own size (`NATIVE_SIZE_VAL`), refit the score without S's lesions and
+    take shift(S) = its `tail` quantile on the other sources' val lesions minus that on S's; the line moves down
+    by the largest shift. The 84-px source is left out: the runtime refuses such images as too small before the
+    graph runs, so its unseen shift would measure a resolution gap no user image presents (docs/RESULTS.md,
+    candidate 4)."""
+    lesions, negatives = fit.sets["lesions"], [fit.sets["ordinary"].features(features)]
+    if "generic" in fit.sets:
+        negatives.append(fit.sets["generic"].features(features))
+    shifts = {}
+    for held_out in NATIVE_SIZE_VAL:
+        source = VAL_SOURCE[held_out]
+        others = [name for name, other in VAL_SOURCE.items() if other != source and name in fit.sets]
+        weight, bias = fit_dermoscopy(lesions.subset(fit.lesion_source != source).features(features), negatives,
+                                      REGULARISATION[features])
+
+        def low(name, weight=weight, bias=bias):
+            inputs = fit.sets[name].features(features)
+            values = np.sort(bias + sum(inputs[key] @ w for key, w in weight.items()))
+            return float(values[int(np.floor(tail * len(values)))])
+        shifts[SOURCE_NAMES[source]] = max(0.0, min(low(name) for name in others) - low(held_out))
+    return {"line": line - max(shifts.values()), "in_source_line": line, "shift_when_unseen": shifts, "tail": tail}
+
+
+def fit_gate_and_thresholds(fit: FitScores, line: str = "in-source",
+                            features: str = "pooled") -> tuple[GateParameters, dict]:
     """Fit the parameters on `lesions` / `ordinary`, then choose the thresholds on the validation lesions' new
     scores (`choose_thresholds`, per source; the blur line learns from and applies to HAM10000's plain val
     images only: 84-px images and views with a low-resolution or blur step are soft by construction).
 
     line "in-source" (candidate 2 in docs/RESULTS.md): every line on the validation lesions plain and as device
-    views, the distance taking what is left of the rejection budget. "unseen-source" (candidate 3): the quality
-    and dermoscopy lines on the plain validation lesions (the views' exposure jitter would move the too-bright
-    line past overexposed photos), the distance line from `unseen_source_line`.
+    views, the distance taking what is left of the rejection budget. "unseen-source" (candidates 3 and 4): the
+    quality lines on the plain validation lesions (the views' exposure jitter would move the too-bright line past
+    overexposed photos), the distance line from `unseen_source_line` and the dermoscopy line from
+    `unseen_source_dermoscopy_line`: both drawn for a device the fit did not see.
+    features: what the dermoscopy score reads (`fit_parameters`); it learns from the generic non-lesion photos
+    too when the fit has them (`negative_sets`).
     """
-    from skinscan.runtime.assess import SCORES, choose_thresholds
+    from skinscan.runtime.assess import DERMOSCOPY_TAIL, SCORES, choose_thresholds
 
     if line not in LINES:
         raise ValueError(f"line {line!r}: choose one of {', '.join(LINES)}")
-    parameters = fit_parameters(fit.sets["lesions"].statistics, fit.sets["ordinary"].statistics)
+    parameters = fit_parameters(fit.sets["lesions"], fit.sets["ordinary"], fit.sets.get("generic"), features)
     names = ("val", "val_low_resolution")
     if line == "in-source":
         names += ("val_views", "val_low_resolution_views")
     val_sets = [name for name in names if name in fit.sets]
     val = concatenate([fit.sets[name] for name in val_sets])
     source = np.concatenate([np.full(len(fit.sets[name].assess), i) for i, name in enumerate(val_sets)])
-    distance, dermoscopy = score_numpy(parameters, val.statistics)
+    distance, dermoscopy = score_sets(parameters, val)
     rows = np.column_stack([distance, *[val.column(name) for name in SCORES[1:]], dermoscopy])
     spec = choose_thresholds(rows, scores=[*SCORES, DERMOSCOPY], sharp=source == 0, groups=source)
     if line == "unseen-source":
         unseen = unseen_source_line(fit, parameters, spec["budget"])
         check = next(c for c in spec["checks"] if c["score"] == "lesion_distance")
         check["above"] = max(check["above"], unseen["line"])
+        dermoscopy_check = next(c for c in spec["checks"] if c["score"] == DERMOSCOPY)
+        moved = unseen_source_dermoscopy_line(fit, features, dermoscopy_check["below"], DERMOSCOPY_TAIL)
+        dermoscopy_check["below"] = moved["line"]
+        unseen["dermoscopy"] = moved
         judge = AssessSpec.from_metadata(spec)
         sharp = {i: name == "val" for i, name in enumerate(val_sets)}
         spec["val_rejected"] = float(np.mean([not _judge(judge, row, sharp[group]).assessable
@@ -497,7 +665,9 @@ def fit_gate_and_thresholds(fit: FitScores, line: str = "in-source") -> tuple[Ga
         spec["unseen_source"] = unseen
         ratio = max(unseen["ratio_when_unseen"].values())
         spec["rule"] += (f"; then the lesion distance line moved to where a source the Gaussian did not see keeps "
-                         f"{unseen['quantile']:.1%} of its lesions (leave-one-source-out, x{ratio:.2f})")
+                         f"{unseen['quantile']:.1%} of its lesions (leave-one-source-out, x{ratio:.2f}), and the "
+                         f"dermoscopy line to where one the score was not fitted on keeps {1 - DERMOSCOPY_TAIL:.1%} "
+                         f"(-{max(moved['shift_when_unseen'].values()):.2f})")
     return parameters, spec
 
 
@@ -509,13 +679,15 @@ def _judge(spec: AssessSpec, row: np.ndarray, sharp: bool):
     return spec.judge(row)
 
 
-def regate_package(package_dir: str | Path, data: FitData, cache: Path | None = None, line: str = "in-source") -> dict:
+def regate_package(package_dir: str | Path, data: FitData, cache: Path | None = None, line: str = "in-source",
+                   features: str = "pooled") -> dict:
     """Re-fit the gate of every graph in the package (see the module docstring); returns a short report.
 
     cache: a `.npz` of the fitting sets' scores (`FitScores`): written on the first run, read on later ones
     (the scores depend only on the graph's early blocks, which the re-fit does not change). It is keyed by
     nothing: reuse it only with the same graphs' early blocks and the same `data` options.
-    line: how the distance line is drawn, "in-source" or "unseen-source" (`fit_gate_and_thresholds`).
+    line: how the distance and dermoscopy lines are drawn, "in-source" or "unseen-source"
+    (`fit_gate_and_thresholds`); features: what the dermoscopy score reads, "pooled" or "block-statistics".
     """
     from skinscan.factory.ort_mobile import convert_to_ort
     from skinscan.runtime.classifier import FP32_FILE, INT8_FILE
@@ -537,15 +709,14 @@ def regate_package(package_dir: str | Path, data: FitData, cache: Path | None = 
         statistics_tensors(model)  # GateGraphError before decoding thousands of images
         if "skinscan.assess" not in read_metadata(model):
             raise GateGraphError("the package has no skinscan.assess metadata; re-export it with `skinscan export`")
-    if cache is not None and Path(cache).is_file():
-        fit = FitScores.load(Path(cache))
-    else:
-        fit = compute_fit_scores(models["fp32"], data)
-        if cache is not None:
-            Path(cache).parent.mkdir(parents=True, exist_ok=True)
-            fit.save(Path(cache))
+    cached = FitScores.load(Path(cache)) if cache is not None and Path(cache).is_file() else None
+    cached_sets = set() if cached is None else set(cached.sets)
+    fit = compute_fit_scores(models["fp32"], data, cached)
+    if cache is not None and set(fit.sets) != cached_sets:
+        Path(cache).parent.mkdir(parents=True, exist_ok=True)
+        fit.save(Path(cache))
     report = {"fit": {name: int(len(scores.assess)) for name, scores in fit.sets.items()}}
-    parameters, fitted_spec = fit_gate_and_thresholds(fit, line)
+    parameters, fitted_spec = fit_gate_and_thresholds(fit, line, features)
     config = PreprocessConfig.from_json(read_metadata(models["fp32"])["skinscan.preprocess"])
     probe = _probe_images(data, config)
     for precision, model in models.items():
@@ -553,7 +724,9 @@ def regate_package(package_dir: str | Path, data: FitData, cache: Path | None = 
         spec = dict(fitted_spec)
         spec["fit"] = (f"re-fitted by `skinscan regate` on {report['fit']['lesions']} lesion views (HAM10000 train"
                        f"{' + ISIC 2019 extra, not the external collection' if data.extra_dir else ''}, each plain "
-                       f"and as another device's view) and {report['fit']['ordinary']} ordinary photos of skin")
+                       f"and as another device's view), {report['fit']['ordinary']} ordinary photos of skin"
+                       + (f" and {report['fit']['generic']} crops of generic photos (Debian's wallpapers and "
+                          "backgrounds)" if "generic" in report["fit"] else ""))
         if precision == "int8":
             spec["precision"] = "int8"
         set_metadata(model, {"skinscan.assess": json.dumps(spec)})
@@ -581,7 +754,7 @@ def check_graph_scores(model: onnx.ModelProto, parameters: GateParameters, image
     """The edited graph computes what the fit meant: on a few real lesions its `lesion_distance` and `dermoscopy`
     columns equal the numpy definitions applied to its own block statistics (float32 against float64)."""
     scores = gate_scores(model, images)
-    distance, dermoscopy = score_numpy(parameters, scores.statistics)
+    distance, dermoscopy = score_sets(parameters, scores)
     if not (np.allclose(scores.column("lesion_distance"), distance, rtol=1e-3, atol=1e-3)
             and np.allclose(scores.column(DERMOSCOPY), dermoscopy, rtol=1e-3, atol=1e-3)):
         raise GateGraphError("the edited graph's gate scores differ from the fitted definition; nothing was written")
