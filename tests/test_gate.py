@@ -286,6 +286,7 @@ def test_predict_cli_reports_cannot_assess(gated_package, ham10000_dir, tmp_path
                  "--precision", "fp32"]) == 0
     table = capsys.readouterr().out
     assert "CANNOT ASSESS (too dark)" in table and "too dark; add light" in table and "1 could not be assessed" in table
+    assert "0 with features that look like skin cancer" in table and "P(akiec)" not in table  # plain words
     assert main(["predict", str(tmp_path), "--model", str(gated_package["folder"]), "--json"]) == 0
     document = json.loads(capsys.readouterr().out)
     reasons = {p["source"].rsplit("/", 1)[-1]: p["cannot_assess"] for p in document["predictions"]}

@@ -201,9 +201,10 @@ def _print_predictions_table(classifier, predictions) -> None:
         print("codes: " + "; ".join(f"{c} = {classifier.label_names[c]}" for c in classifier.labels if c in shown))
     flagged = sum(p.malignant for p in predictions if p.assessable)
     unassessable = sum(not p.assessable for p in predictions)
-    malignant = "+".join(f"P({code})" for code in classifier.malignant_codes)
-    print(f"\n{len(predictions)} image(s) classified with {classifier.path} ({classifier.precision}); {flagged} "
-          f"flagged SUSPICIOUS ({malignant} >= {classifier.threshold:.2f}); {unassessable} could not be assessed")
+    malignant = " + ".join(classifier.malignant_codes)
+    print(f"\n{len(predictions)} image(s) screened with {classifier.path} ({classifier.precision}): {flagged} with "
+          f"features that look like skin cancer, to show a dermatologist soon (SUSPICIOUS: {malignant} together "
+          f">= {classifier.threshold:.0%}); {unassessable} could not be assessed")
 
 
 def cmd_benchmark(args) -> int:
