@@ -348,3 +348,45 @@ def test_cli_unseen_source_line_needs_the_extra_folder(tmp_path, ham10000_dir, s
             "--line", "unseen-source"]
     assert main(args) == 2
     assert "pass --extra" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------- your own ordinary photos
+def test_your_own_ordinary_photos_join_the_fit_and_are_measured_held_out(tmp_path, ham10000_dir, split_csv, capsys):
+    """`--ordinary-photos DIR`: a hash-chosen part of the folder joins the dermoscopy score's negatives, the rest
+    is reported as held out; photo-like images the score learned are refused when held out."""
+    from skinscan.factory.negatives import folder_photos
+
+    folder = tmp_path / "ordinary"
+    rng = np.random.default_rng(3)
+    for i in range(30):
+        (folder / f"set{i % 3}").mkdir(parents=True, exist_ok=True)
+        _photo_like(rng, size=(640, 480)).save(folder / f"set{i % 3}" / f"photo{i}.jpg")
+    parts = [photo.part for photo in folder_photos(folder)]
+    assert len(parts) == 30 and {"fit", "held_out"} <= set(parts)
+    package = tmp_path / "package"
+    shutil.copytree(bundled_package_dir(), package)
+    args = ["regate", "--model", str(package), "--data", str(ham10000_dir), "--split", str(split_csv),
+            "--per-source", "40", "--ordinary", "30", "--ordinary-photos", str(folder), "--threads", "1"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    line = next(text for text in out.splitlines() if text.startswith("ordinary photos held out:"))
+    share = float(line.split(":")[1].split("%")[0]) / 100
+    assert share >= 0.8, line  # evenly lit skin, as in the fit: refused
+    assert "'ordinary_photos': 30" in out
+
+
+def test_ordinary_photo_folders_that_cannot_be_used_are_refused(tmp_path, ham10000_dir, split_csv, capsys):
+    from skinscan.factory.negatives import NegativesError, folder_photos, random_crops
+
+    args = ["regate", "--model", str(bundled_package_dir()), "--data", str(ham10000_dir), "--split", str(split_csv),
+            "--ordinary-photos", str(tmp_path / "nope")]
+    assert main(args) == 2
+    assert f"--ordinary-photos {tmp_path / 'nope'} is not a folder" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(NegativesError, match="no .jpg or .png photos"):
+        folder_photos(empty)
+    (empty / "broken.jpg").write_bytes(b"not a jpeg")
+    photos = folder_photos(empty)
+    with pytest.raises(NegativesError, match="broken.jpg: not a readable image"):
+        random_crops(photos, photos[0].part, 2)

@@ -390,7 +390,7 @@ def cmd_regate(args) -> int:
     from skinscan.factory.regate import FitData, GateGraphError, regate_package
     from skinscan.runtime.manifest import IntegrityError
 
-    for folder, option in ((args.data, "--data"), (args.extra, "--extra")):
+    for folder, option in ((args.data, "--data"), (args.extra, "--extra"), (args.ordinary_photos, "--ordinary-photos")):
         if folder is not None and not Path(folder).is_dir():
             raise UsageError(f"{option} {folder} is not a folder")
     if not Path(args.split).is_file():
@@ -402,7 +402,8 @@ def cmd_regate(args) -> int:
         except NegativesError as error:
             raise UsageError(str(error)) from None
     data = FitData(args.data, args.split, args.extra, per_source=args.per_source, ordinary=args.ordinary,
-                   negatives=args.negatives, generic=args.generic, seed=args.seed, threads=args.threads)
+                   negatives=args.negatives, generic=args.generic, ordinary_photos=args.ordinary_photos,
+                   seed=args.seed, threads=args.threads)
     try:
         report = regate_package(args.model, data, cache=args.cache, line=args.line, features=args.features)
     except (IntegrityError, GateGraphError, FileNotFoundError, ValueError, NegativesError) as error:
@@ -420,6 +421,9 @@ def cmd_regate(args) -> int:
         moved = unseen["dermoscopy"]
         shifts = ", ".join(f"{name} unseen -{shift:.2f}" for name, shift in moved["shift_when_unseen"].items())
         print(f"dermoscopy line for an unseen source: {moved['line']:.3g} ({moved['in_source_line']:.3g}, {shifts})")
+    for name, held in report["held_out"].items():
+        print(f"{name.replace('_', ' ')}: {held['rejected_share']:.1%} of {held['images']} turned away "
+              f"{held['reasons']}")
     print(f"fitted on {report['fit']}; measure it with `skinscan gate --model {args.model}`")
     return 0
 
@@ -441,6 +445,10 @@ def add_regate(verbs) -> None:
                     help="folder of generic non-lesion photos for the dermoscopy score (Debian's wallpapers and "
                          "backgrounds; fetched into it with apt-get download if it has no index.json)")
     rg.add_argument("--generic", type=int, default=1500, help="crops of the generic photos the fit draws")
+    rg.add_argument("--ordinary-photos", type=Path, default=None, metavar="DIR",
+                    help="a folder of your own ordinary photos of skin or of lesions taken without a dermatoscope "
+                         "(licence yours to check): a hash-chosen 80%% join the dermoscopy score's negatives, the "
+                         "rest are reported as held out")
     rg.add_argument("--features", choices=["pooled", "block-statistics"], default="pooled",
                     help="what the dermoscopy score reads: the classifier's pooled features (candidate 4 in "
                          "docs/RESULTS.md) or the distance's block-4/5 statistics (candidates 1-3)")

@@ -130,25 +130,43 @@ def source_photos(folder: str | Path) -> list[SourcePhoto]:
     folder = Path(folder)
     index = folder / INDEX_FILE
     if not index.is_file():
-        raise NegativesError(f"{index} not found: --negatives must be a folder written by "
-                             "`skinscan regate --fetch-negatives DIR` (or `skinscan.factory.negatives.fetch`)")
+        raise NegativesError(f"{index} not found: --negatives must be a folder that `skinscan regate --negatives DIR` "
+                             "fetched into (it does so when the folder has no index), or `negatives.fetch` wrote")
     entries = json.loads(index.read_text())["images"]
     return [SourcePhoto(e["package"], folder / e["package"] / e["image"], e["part"]) for e in entries]
 
 
-def random_crops(folder: str | Path, part: str, count: int, seed: int = 0,
-                 photo_size: tuple[int, int] = (600, 450)) -> list[Image.Image]:
-    """`count` RGB crops of the `part` photos ("fit" or "held_out"), spread evenly over the photos: each a
-    random 4:3 window of 10-100% of the photo's shorter side, scaled to photo_size."""
-    photos = [p for p in source_photos(folder) if p.part == part]
+def folder_photos(folder: str | Path) -> list[SourcePhoto]:
+    """Every .jpg/.jpeg/.png under a folder of your own photos (e.g. ordinary photos of skin or of lesions taken
+    without a dermatoscope, for `skinscan regate --ordinary-photos`), split into fit / held-out parts by a hash
+    of the file's path inside the folder, as the packages' photos are. Their licence is yours to check."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NegativesError(f"{folder} is not a folder")
+    photos = [SourcePhoto(folder.name, path, _part(folder.name, str(path.relative_to(folder))))
+              for path in sorted(folder.rglob("*")) if path.suffix.lower() in IMAGE_SUFFIXES]
     if not photos:
-        raise NegativesError(f"{folder}: no {part} photos in its index")
+        raise NegativesError(f"{folder}: no .jpg or .png photos in it")
+    return photos
+
+
+def random_crops(folder: str | Path | list[SourcePhoto], part: str, count: int, seed: int = 0,
+                 photo_size: tuple[int, int] = (600, 450), smallest: float = 0.1) -> list[Image.Image]:
+    """`count` RGB crops of the `part` photos ("fit" or "held_out") of an indexed folder (or of a list of photos),
+    spread evenly over the photos: each a random 4:3 window of `smallest`-100% of the photo's shorter side,
+    scaled to photo_size. Unreadable files are an error naming the file."""
+    photos = [p for p in (folder if isinstance(folder, list) else source_photos(folder)) if p.part == part]
+    if not photos:
+        raise NegativesError(f"{folder if not isinstance(folder, list) else 'the folder'}: no {part} photos")
     rng = np.random.default_rng(seed)
     crops = []
     for index, photo in enumerate(photos):
-        with Image.open(photo.path) as image:
-            image.draft("RGB", (photo_size[0] * 2, photo_size[1] * 2))  # JPEG: decode at a reduced size
-            image = image.convert("RGBA")
+        try:
+            with Image.open(photo.path) as image:
+                image.draft("RGB", (photo_size[0] * 2, photo_size[1] * 2))  # JPEG: decode at a reduced size
+                image = image.convert("RGBA")
+        except OSError as error:
+            raise NegativesError(f"{photo.path}: not a readable image ({error}); remove or replace it") from None
         image.thumbnail((WORKING_SIDE, WORKING_SIDE), Image.Resampling.BILINEAR)  # crops need no more
         box = image.getchannel("A").getbbox() or (0, 0, image.width, image.height)
         cutout = photo.package in CUTOUTS
@@ -157,8 +175,8 @@ def random_crops(folder: str | Path, part: str, count: int, seed: int = 0,
             if cutout:  # on a random plain background, cropped within the object: from whole to close-up
                 canvas = Image.new("RGBA", image.size, tuple(int(v) for v in rng.integers(0, 256, 3)) + (255,))
                 canvas.alpha_composite(image)
-            crops.append(_random_window(canvas.convert("RGB"), box if cutout else None, rng, 0.4 if cutout else 0.1)
-                         .resize(photo_size, Image.Resampling.BILINEAR))
+            window = _random_window(canvas.convert("RGB"), box if cutout else None, rng, 0.4 if cutout else smallest)
+            crops.append(window.resize(photo_size, Image.Resampling.BILINEAR))
     return crops
 
 

@@ -398,6 +398,8 @@ class FitData:
     ordinary: int = 300      # ordinary photos of skin (crops of the fitting portrait)
     negatives: Path | None = None  # generic non-lesion photos (`skinscan.factory.negatives`) for the dermoscopy score
     generic: int = 1500      # crops of them for the fit (and a fifth as many of the held-out photos)
+    ordinary_photos: Path | None = None  # a folder of your own ordinary photos of skin / of lesions without a
+    # dermatoscope: crops of its fit part join the portrait's as the dermoscopy score's ordinary negatives
     seed: int = 0
     threads: int = 2
 
@@ -485,6 +487,7 @@ def fit_sets(data: FitData, config: PreprocessConfig) -> tuple[dict[str, np.ndar
 
 
 NEGATIVE_SETS = ("generic", "generic_held_out")
+ORDINARY_PHOTO_SETS = ("ordinary_photos", "ordinary_photos_held_out")
 
 
 def negative_sets(data: FitData, config: PreprocessConfig) -> dict[str, np.ndarray]:
@@ -499,6 +502,26 @@ def negative_sets(data: FitData, config: PreprocessConfig) -> dict[str, np.ndarr
                             for crop in random_crops(data.negatives, part, count, data.seed)])
             for name, part, count in (("generic", "fit", data.generic),
                                       ("generic_held_out", "held_out", max(1, data.generic // 5)))}
+
+
+def ordinary_photo_sets(data: FitData, config: PreprocessConfig) -> dict[str, np.ndarray]:
+    """uint8 model inputs of crops of `data.ordinary_photos` (`skinscan.factory.negatives.folder_photos`): the
+    fit part joins the portrait's crops as ordinary photos; the held-out part measures the fitted gate on
+    ordinary photos it never saw (`regate_package`'s report). Crops keep at least half of the photo's side: an
+    ordinary photo of a lesion should keep its lesion."""
+    from skinscan.factory.negatives import folder_photos, random_crops
+    from skinscan.runtime.preprocess import resize_to_input
+
+    if data.ordinary_photos is None:
+        return {}
+    photos = folder_photos(data.ordinary_photos)
+    sets = {}
+    for name, part, count in (("ordinary_photos", "fit", data.ordinary), ("ordinary_photos_held_out", "held_out",
+                                                                          max(1, data.ordinary // 3))):
+        if any(photo.part == part for photo in photos):
+            sets[name] = np.stack([resize_to_input(crop, config)
+                                   for crop in random_crops(photos, part, count, data.seed, smallest=0.5)])
+    return sets
 
 
 # ------------------------------------------------------------------------------------------ the package
@@ -551,6 +574,9 @@ def compute_fit_scores(model: onnx.ModelProto, data: FitData, cached: FitScores 
     if data.negatives is not None and not set(NEGATIVE_SETS) <= set(fit.sets):
         fit.sets.update({name: gate_scores(model, array, threads=data.threads)
                          for name, array in negative_sets(data, config).items()})
+    if data.ordinary_photos is not None and "ordinary_photos" not in fit.sets:
+        fit.sets.update({name: gate_scores(model, array, threads=data.threads)
+                         for name, array in ordinary_photo_sets(data, config).items()})
     return fit
 
 
@@ -593,6 +619,14 @@ def unseen_source_line(fit: FitScores, parameters: GateParameters, budget: float
             "quantile": 1 - budget}
 
 
+def ordinary_negatives(fit: FitScores) -> GateScores:
+    """The ordinary photos the dermoscopy score learns from: the portrait's crops, and your own ordinary photos'
+    fit part when the fit has them (`FitData.ordinary_photos`)."""
+    if "ordinary_photos" in fit.sets:
+        return concatenate([fit.sets["ordinary"], fit.sets["ordinary_photos"]])
+    return fit.sets["ordinary"]
+
+
 NATIVE_SIZE_VAL = ("val",)  # sources whose images reach the graph at their own size (not the 84-px images)
 
 
@@ -604,7 +638,7 @@ def unseen_source_dermoscopy_line(fit: FitScores, features: str, line: float, ta
     by the largest shift. The 84-px source is left out: the runtime refuses such images as too small before the
     graph runs, so its unseen shift would measure a resolution gap no user image presents (docs/RESULTS.md,
     candidate 4)."""
-    lesions, negatives = fit.sets["lesions"], [fit.sets["ordinary"].features(features)]
+    lesions, negatives = fit.sets["lesions"], [ordinary_negatives(fit).features(features)]
     if "generic" in fit.sets:
         negatives.append(fit.sets["generic"].features(features))
     shifts = {}
@@ -640,7 +674,7 @@ def fit_gate_and_thresholds(fit: FitScores, line: str = "in-source",
 
     if line not in LINES:
         raise ValueError(f"line {line!r}: choose one of {', '.join(LINES)}")
-    parameters = fit_parameters(fit.sets["lesions"], fit.sets["ordinary"], fit.sets.get("generic"), features)
+    parameters = fit_parameters(fit.sets["lesions"], ordinary_negatives(fit), fit.sets.get("generic"), features)
     names = ("val", "val_low_resolution")
     if line == "in-source":
         names += ("val_views", "val_low_resolution_views")
@@ -669,6 +703,28 @@ def fit_gate_and_thresholds(fit: FitScores, line: str = "in-source",
                          f"dermoscopy line to where one the score was not fitted on keeps {1 - DERMOSCOPY_TAIL:.1%} "
                          f"(-{max(moved['shift_when_unseen'].values()):.2f})")
     return parameters, spec
+
+
+HELD_OUT_SETS = ("generic_held_out", "ordinary_photos_held_out")  # photos of the negatives no fit saw
+
+
+def held_out_refusals(fit: FitScores, parameters: GateParameters, spec: dict) -> dict:
+    """For each held-out negative set the fit has: the share the fitted gate turns away, and why (FP32 scores,
+    every check as the runtime applies it). A fit-side figure: the measuring sets are `skinscan gate`'s."""
+    from skinscan.runtime.assess import SCORES
+
+    judge = AssessSpec.from_metadata(spec)
+    out = {}
+    for name in HELD_OUT_SETS:
+        if name not in fit.sets:
+            continue
+        scores = fit.sets[name]
+        distance, dermoscopy = score_sets(parameters, scores)
+        rows = np.column_stack([distance, *[scores.column(n) for n in SCORES[1:]], dermoscopy])
+        reasons = [verdict.reason for verdict in map(judge.judge, rows) if not verdict.assessable]
+        out[name] = {"images": len(rows), "rejected_share": len(reasons) / len(rows),
+                     "reasons": {reason: reasons.count(reason) for reason in sorted(set(reasons))}}
+    return out
 
 
 def _judge(spec: AssessSpec, row: np.ndarray, sharp: bool):
@@ -717,6 +773,7 @@ def regate_package(package_dir: str | Path, data: FitData, cache: Path | None = 
         fit.save(Path(cache))
     report = {"fit": {name: int(len(scores.assess)) for name, scores in fit.sets.items()}}
     parameters, fitted_spec = fit_gate_and_thresholds(fit, line, features)
+    report["held_out"] = held_out_refusals(fit, parameters, fitted_spec)
     config = PreprocessConfig.from_json(read_metadata(models["fp32"])["skinscan.preprocess"])
     probe = _probe_images(data, config)
     for precision, model in models.items():
