@@ -4,6 +4,7 @@ the external collection never reaches the fit, and bad input gets a clear messag
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -390,3 +391,42 @@ def test_ordinary_photo_folders_that_cannot_be_used_are_refused(tmp_path, ham100
     photos = folder_photos(empty)
     with pytest.raises(NegativesError, match="broken.jpg: not a readable image"):
         random_crops(photos, photos[0].part, 2)
+
+
+# ------------------------------------------------------------------------------------- the words a user reads
+def test_refresh_messages_changes_only_the_words(tmp_path, ham10000_dir, capsys):
+    from skinscan.factory.onnx_metadata import read_metadata, set_metadata
+    from skinscan.runtime.assess import MESSAGES
+    from skinscan.runtime.manifest import write_manifest
+
+    package = tmp_path / "package"
+    shutil.copytree(bundled_package_dir(), package)
+    for file in (FP32_FILE, INT8_FILE):  # a package written before the wording changed
+        model = onnx.load(str(package / file))
+        spec = read_metadata(model)["skinscan.assess"]
+        spec["messages"]["not_a_lesion"] = "an old wording"
+        set_metadata(model, {"skinscan.assess": json.dumps(spec)})
+        onnx.save(model, str(package / file))
+    write_manifest(package)
+    images = [Image.open(p).convert("RGB") for p in sorted((ham10000_dir / "images").glob("*.jpg"))[:6]]
+    before = {p: Classifier.load(package, precision=p, threads=1) for p in ("fp32", "int8")}
+    outputs = {p: c.run_arrays(np.stack([c.preprocess(i) for i in images])) for p, c in before.items()}
+    assert before["fp32"].assess_spec.messages["not_a_lesion"] == "an old wording"
+    assert main(["regate", "--model", str(package), "--messages-only"]) == 0
+    assert "nothing else changed" in capsys.readouterr().out
+    for precision, old in outputs.items():
+        after = Classifier.load(package, precision=precision, threads=1)  # the manifest was rewritten too
+        assert after.assess_spec.messages["not_a_lesion"] == MESSAGES["not_a_lesion"]
+        new = after.run_arrays(np.stack([after.preprocess(i) for i in images]))
+        assert all(np.array_equal(old[name], new[name]) for name in old)
+
+
+def test_the_bundled_package_says_what_this_version_says():
+    """The bundled package's messages are the runtime's: change MESSAGES, then run `skinscan regate --model
+    src/skinscan/models --messages-only`."""
+    from skinscan.runtime.assess import MESSAGES
+
+    for precision in ("fp32", "int8"):
+        spec = Classifier.load(bundled_package_dir(), precision=precision).assess_spec
+        assert {reason: spec.messages[reason] for reason in MESSAGES} == MESSAGES
+        assert "dermatoscope" in spec.messages["not_a_lesion"]

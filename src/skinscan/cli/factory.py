@@ -386,6 +386,16 @@ def add_gate(verbs) -> None:
 
 def cmd_regate(args) -> int:
     require_extra("train")  # onnx and scikit-learn (torch itself is not needed)
+    if args.messages_only:
+        from skinscan.factory.regate import GateGraphError, refresh_messages
+        from skinscan.runtime.manifest import IntegrityError
+
+        try:
+            messages = refresh_messages(args.model)
+        except (IntegrityError, GateGraphError, FileNotFoundError) as error:
+            raise UsageError(str(error)) from None
+        print(f"{args.model}: the messages of {', '.join(messages)} rewritten; nothing else changed")
+        return 0
     from skinscan.factory.negatives import INDEX_FILE, NegativesError, fetch
     from skinscan.factory.regate import FitData, GateGraphError, regate_package
     from skinscan.runtime.manifest import IntegrityError
@@ -457,6 +467,8 @@ def add_regate(verbs) -> None:
                     help="draw the distance and dermoscopy lines on the fitted sources' validation lesions "
                          "(in-source) or for a source the fit did not see (unseen-source: leave-one-source-out; "
                          "needs --extra)")
+    rg.add_argument("--messages-only", action="store_true",
+                    help="only rewrite the reasons' messages from this version of skinscan (no fit, no data read)")
     rg.add_argument("--seed", type=int, default=0, help="seed of the samples and the device views drawn for the fit")
     rg.add_argument("--threads", type=int, default=2, help="threads decoding images and running the graph")
     rg.set_defaults(func=cmd_regate)

@@ -800,6 +800,35 @@ def regate_package(package_dir: str | Path, data: FitData, cache: Path | None = 
     return report
 
 
+def refresh_messages(package_dir: str | Path) -> dict[str, str]:
+    """Rewrite only the "cannot assess" messages of a package's graphs (the `messages` of `skinscan.assess`)
+    with this version's `skinscan.runtime.assess.MESSAGES`, then the `.ort` forms and the manifest: the words a
+    user reads, without re-fitting anything. Every score, line and classifier output stays as it was."""
+    from skinscan.factory.ort_mobile import convert_to_ort
+    from skinscan.runtime.assess import MESSAGES
+    from skinscan.runtime.classifier import FP32_FILE, INT8_FILE
+    from skinscan.runtime.manifest import verify_file, write_manifest
+
+    package_dir = Path(package_dir)
+    graphs = [package_dir / file for file in (FP32_FILE, INT8_FILE) if (package_dir / file).is_file()]
+    if not graphs:
+        raise FileNotFoundError(f"{package_dir / FP32_FILE} not found: --model must be a skinscan model package")
+    for path in graphs:
+        verify_file(package_dir, path.name)
+    for path in graphs:
+        model = onnx.load(str(path))
+        spec = read_metadata(model).get("skinscan.assess")
+        if spec is None:
+            raise GateGraphError(f"{path.name} has no skinscan.assess metadata; re-export it with `skinscan export`")
+        spec["messages"] = {**spec.get("messages", {}), **MESSAGES}
+        set_metadata(model, {"skinscan.assess": json.dumps(spec)})
+        onnx.save(model, str(path))
+        if path.with_suffix(".ort").is_file():
+            convert_to_ort(path)
+    write_manifest(package_dir)
+    return dict(MESSAGES)
+
+
 def _probe_images(data: FitData, config: PreprocessConfig, count: int = 16) -> np.ndarray:
     from skinscan.factory.data import read_split
 

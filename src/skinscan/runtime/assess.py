@@ -36,8 +36,9 @@ MESSAGES = {
     "too_dark": "the image is too dark; add light (without flash glare) and retake it",
     "too_bright": "the image is overexposed; reduce the light or avoid flash glare and retake it",
     "too_blurry": "the image is too blurry; hold the camera still, focus on the lesion and retake it",
-    "not_a_lesion": "this does not look like a dermoscopic photo of a skin lesion; centre one lesion and fill "
-                    "the frame with it",
+    "not_a_lesion": "this does not look like a dermoscopic photo of a skin lesion; skinscan reads only images "
+                    "taken through a dermatoscope (a magnifying lens with its own light, e.g. a clip-on lens for a "
+                    "phone) pressed to the skin, with one lesion in the middle; an ordinary photo will not do",
     "not_dermoscopic": "this looks like an ordinary photo, not a dermoscopic image; the model only reads images "
                        "taken through a dermatoscope (a magnifying lens with its own light, e.g. a clip-on lens for a "
                        "phone) pressed to the skin",
