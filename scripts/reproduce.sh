@@ -26,13 +26,14 @@ skinscan train --data "$DATA" --split runs/split.csv --out "$RUN" --pretrained "
 # The pooled-sources recipe (issue 23: HAM10000 plus the ISIC 2019 extra images, with the 256-px ISIC 2017-era images
 # held out as the external test) is not shipped: its first probe (docs/RESULTS.md run R) found no external melanoma
 # AUC gain at its budget. To run it, after the split above:
-#   python scripts/pooled_split.py --ham-split runs/split.csv --out runs/pooled   # a bridge until `skinscan data`
-#                                                                                  # splits several sources natively
-#   skinscan train --images runs/pooled/images --split runs/pooled/split.csv --out runs/pooled-run \
+#   skinscan data split --source ham10000="$DATA" --source isic2019_extra=../shared/data/isic2019_extra \
+#       --external isic2019_extra:width=256 --out runs/pooled-split.csv
+#   skinscan train --split runs/pooled-split.csv --out runs/pooled-run \
 #       --pretrained "$WEIGHTS" --seed 3 --color-constancy shades-of-gray --lesion-balanced \
 #       --select balanced-accuracy-plus-auc --source-balance --degrade-prob 0.3 --vignette-prob 0.2
-#   python scripts/degrade_drift.py --checkpoint runs/pooled-run/best.pt --images runs/pooled/images \
-#       --split runs/pooled/external.csv --part test            # the external collection's scores
+#   skinscan evaluate --checkpoint runs/pooled-run/best.pt --split runs/pooled-split.csv --part external \
+#       --out runs/pooled-run/external                       # the external collection, per collection
+# (Run R itself used scripts/pooled_split.py, the bridge written before `skinscan data split --source` existed.)
 # Measured in run R (126x168, `--epoch-images 6400`, one thread): one epoch of 6,400 sampled images took 73 s on an
 # otherwise idle 2-core CPU and 270-580 s while sharing it with other jobs. A full epoch over the 16,669 pooled train
 # images at this script's 252x336 is 2.6x the images and ~4x the pixels: ~13 min per epoch at best on one thread,

@@ -116,7 +116,7 @@ def test_source_balance_composes_with_lesion_balance():
 def test_source_balance_needs_a_source_column(tmp_path):
     split = tmp_path / "split.csv"
     split.write_text("image_id,lesion_id,dx,split\nI1,L1,nv,train\n")
-    with pytest.raises(DatasetError, match="--source-balance needs a 'source' column .*scripts/pooled_split.py"):
+    with pytest.raises(DatasetError, match="--source-balance needs a 'source' column .*skinscan data split --source"):
         train_module.require_source_column(read_split(split), split)
     config = TrainConfig(data_dir=str(tmp_path), split_csv=str(split), out_dir=str(tmp_path / "run"),
                          source_balanced=True)

@@ -121,8 +121,9 @@ def add_train(verbs) -> None:
                          "times as often as the others, e.g. 3 for more of the hard, excised nevi; the class "
                          "balance is unchanged (default 1: no preference)")
     tr.add_argument("--source-balance", action="store_true",
-                    help="within each class, sample every data source (the split CSV's 'source' column, e.g. from "
-                         "scripts/pooled_split.py) equally often, so a source's class mix teaches nothing")
+                    help="within each class, sample every data source (the split CSV's 'source' column, as "
+                         "`skinscan data split --source NAME=FOLDER ...` writes it) equally often, so a source's "
+                         "class mix teaches nothing")
     tr.add_argument("--degrade-prob", type=probability, default=0.0, metavar="P",
                     help="with probability P, shrink a training image that is not already low-resolution to "
                          "--degrade-size px (shorter side) and back, so blur does not identify a source "

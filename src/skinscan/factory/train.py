@@ -193,7 +193,8 @@ def require_source_column(split, split_csv) -> None:
         raise DatasetError(f"--source-balance needs a 'source' column (each image's data source) in {split_csv}, "
                            + ("and some of its rows have none" if "source" in split.columns else
                               f"which has only {', '.join(split.columns)}")
-                           + "; write a multi-source split (scripts/pooled_split.py) or drop --source-balance")
+                           + "; write a multi-source split (`skinscan data split --source NAME=FOLDER --source "
+                           "...`) or drop --source-balance")
 
 
 def native_short_sides(paths: list[Path]) -> np.ndarray:
