@@ -430,3 +430,29 @@ def test_the_bundled_package_says_what_this_version_says():
         spec = Classifier.load(bundled_package_dir(), precision=precision).assess_spec
         assert {reason: spec.messages[reason] for reason in MESSAGES} == MESSAGES
         assert "dermatoscope" in spec.messages["not_a_lesion"]
+
+
+# ------------------------------------------------------------------------------------- keep the package's lines
+def test_keep_adds_only_the_dermoscopy_check(tmp_path, ham10000_dir, split_csv):
+    """--line keep: every line and the distance's numbers stay the package's own (per precision), one
+    dermoscopy check is added at the 0.25% tail of HAM10000 val, and the classifier's outputs do not move."""
+    from skinscan.factory.onnx_metadata import read_metadata
+    from skinscan.factory.regate import MEAN, WHITEN
+
+    package = tmp_path / "package"
+    shutil.copytree(bundled_package_dir(), package)
+    before = {f: onnx.load(str(package / f)) for f in (FP32_FILE, INT8_FILE)}
+    report = regate_package(package, FitData(ham10000_dir, split_csv, per_source=40, ordinary=30, threads=1),
+                            line="keep")
+    for file, old in before.items():
+        new = onnx.load(str(package / file))
+        old_spec, new_spec = read_metadata(old)["skinscan.assess"], read_metadata(new)["skinscan.assess"]
+        assert new_spec["checks"][:-1] == old_spec["checks"]  # the package's own lines, this precision's
+        assert new_spec["checks"][-1]["score"] == DERMOSCOPY and new_spec["scores"][-1] == DERMOSCOPY
+        assert "--line keep" in new_spec["rule"] and "dermoscopy score fitted" in new_spec["fit"]
+        old_init = {i.name: onnx.numpy_helper.to_array(i) for i in old.graph.initializer}
+        new_init = {i.name: onnx.numpy_helper.to_array(i) for i in new.graph.initializer}
+        for block in (4, 5):
+            for name in (MEAN.format(block), WHITEN.format(block)):
+                assert np.array_equal(old_init[name], new_init[name]), name
+    assert report["fp32"]["val_rejected"] <= 0.03

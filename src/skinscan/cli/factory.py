@@ -464,10 +464,11 @@ def add_regate(verbs) -> None:
                     help="what the dermoscopy score reads: the classifier's pooled features (candidate 4 in "
                          "docs/RESULTS.md) or the distance's block-4/5 statistics (candidates 1-3)")
     rg.add_argument("--cache", type=Path, default=None, help=".npz of the fitting sets' scores (reused if present)")
-    rg.add_argument("--line", choices=["in-source", "unseen-source"], default="in-source",
+    rg.add_argument("--line", choices=["in-source", "unseen-source", "keep"], default="in-source",
                     help="draw the distance and dermoscopy lines on the fitted sources' validation lesions "
                          "(in-source) or for a source the fit did not see (unseen-source: leave-one-source-out; "
-                         "needs --extra)")
+                         "needs --extra), or keep the package's distance and lines and only add the dermoscopy "
+                         "check (keep)")
     rg.add_argument("--messages-only", action="store_true",
                     help="only rewrite the reasons' messages from this version of skinscan (no fit, no data read)")
     rg.add_argument("--seed", type=int, default=0, help="seed of the samples and the device views drawn for the fit")

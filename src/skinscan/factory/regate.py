@@ -580,7 +580,7 @@ def compute_fit_scores(model: onnx.ModelProto, data: FitData, cached: FitScores 
     return fit
 
 
-LINES = ("in-source", "unseen-source")  # how the distance line is drawn (`fit_gate_and_thresholds`)
+LINES = ("in-source", "unseen-source", "keep")  # how the lines are drawn (`fit_gate_and_thresholds`, `keep_and_add`)
 HAM10000, EXTRA = 0, 1  # the training sources, as `FitScores.lesion_source` numbers them
 VAL_SOURCE = {"val": HAM10000, "val_low_resolution": EXTRA}  # each source's plain validation lesions
 SOURCE_NAMES = {HAM10000: "ham10000", EXTRA: "isic2019_extra"}
@@ -727,6 +727,51 @@ def held_out_refusals(fit: FitScores, parameters: GateParameters, spec: dict) ->
     return out
 
 
+def existing_gaussian(model: onnx.ModelProto) -> GateParameters:
+    """The distance a package's graph already has (`gate.mean_<block>`, `gate.whiten_<block>`), as parameters."""
+    initializers = {init.name: init for init in model.graph.initializer}
+    blocks = statistics_tensors(model)
+    return GateParameters({b: numpy_helper.to_array(initializers[MEAN.format(b)]).astype(np.float64) for b in blocks},
+                          {b: numpy_helper.to_array(initializers[WHITEN.format(b)]).astype(np.float64) for b in blocks})
+
+
+def keep_and_add_dermoscopy(fit: FitScores, model: onnx.ModelProto, features: str = "pooled") -> tuple[
+        GateParameters, dict, float]:
+    """line "keep" (candidate 6 in docs/RESULTS.md): the package's distance and every line it has stay as they
+    are; only the dermoscopy score is fitted (as `fit_parameters` fits it) and its check added, at the
+    QUALITY_TAIL of HAM10000's plain val lesions, the tail each quality line of a HAM10000-fitted gate is drawn
+    at. Returns the parameters, the new check and the share of those val lesions the whole gate now turns away
+    (the FP32 graph's scores, which the cache holds)."""
+    from skinscan.runtime.assess import QUALITY_TAIL, SCORES
+
+    parameters = existing_gaussian(model)
+    fitted = fit_parameters(fit.sets["lesions"], ordinary_negatives(fit), fit.sets.get("generic"), features)
+    parameters.dermoscopy_weight, parameters.dermoscopy_bias = fitted.dermoscopy_weight, fitted.dermoscopy_bias
+    val = fit.sets["val"]
+    dermoscopy = score_sets(parameters, val)[1]
+    line = float(np.sort(dermoscopy)[int(np.floor(QUALITY_TAIL * len(dermoscopy)))])
+    check = {"score": DERMOSCOPY, "below": line, "reason": "not_dermoscopic"}
+    spec = read_metadata(model)["skinscan.assess"]
+    judge = AssessSpec.from_metadata({**spec, "scores": [*SCORES, DERMOSCOPY],
+                                      "checks": [*spec["checks"], check]})
+    rows = np.column_stack([val.assess[:, :len(SCORES)], dermoscopy])
+    rejected = float(np.mean([not judge.judge(row).assessable for row in rows]))
+    return parameters, check, rejected
+
+
+def _kept_spec(model: onnx.ModelProto, check: dict, val_rejected: float) -> dict:
+    """A graph's own `skinscan.assess` (each precision keeps its lines) with the dermoscopy score and check."""
+    from skinscan.runtime.assess import QUALITY_TAIL
+
+    spec = read_metadata(model)["skinscan.assess"]
+    spec["scores"] = [name for name in spec["scores"] if name != DERMOSCOPY] + [DERMOSCOPY]
+    spec["checks"] = [c for c in spec["checks"] if c["score"] != DERMOSCOPY] + [check]
+    spec["val_rejected"] = val_rejected
+    spec["rule"] = (spec.get("rule", "the package's lines") + f"; plus the dermoscopy check at the {QUALITY_TAIL:.2%} "
+                    "tail of HAM10000's val lesions (skinscan regate --line keep)")
+    return spec
+
+
 def _judge(spec: AssessSpec, row: np.ndarray, sharp: bool):
     """A validation row judged as `choose_thresholds` counts it: the blur check only for sharp (HAM10000) rows."""
     if not sharp:
@@ -772,18 +817,27 @@ def regate_package(package_dir: str | Path, data: FitData, cache: Path | None = 
         Path(cache).parent.mkdir(parents=True, exist_ok=True)
         fit.save(Path(cache))
     report = {"fit": {name: int(len(scores.assess)) for name, scores in fit.sets.items()}}
-    parameters, fitted_spec = fit_gate_and_thresholds(fit, line, features)
+    if line == "keep":
+        parameters, kept_check, kept_rejected = keep_and_add_dermoscopy(fit, models["fp32"], features)
+        kept = {precision: _kept_spec(model, kept_check, kept_rejected) for precision, model in models.items()}
+        fitted_spec = kept["fp32"]
+    else:
+        parameters, fitted_spec = fit_gate_and_thresholds(fit, line, features)
     report["held_out"] = held_out_refusals(fit, parameters, fitted_spec)
     config = PreprocessConfig.from_json(read_metadata(models["fp32"])["skinscan.preprocess"])
     probe = _probe_images(data, config)
     for precision, model in models.items():
         write_parameters(model, parameters)
-        spec = dict(fitted_spec)
+        spec = dict(kept[precision] if line == "keep" else fitted_spec)
         spec["fit"] = (f"re-fitted by `skinscan regate` on {report['fit']['lesions']} lesion views (HAM10000 train"
                        f"{' + ISIC 2019 extra, not the external collection' if data.extra_dir else ''}, each plain "
                        f"and as another device's view), {report['fit']['ordinary']} ordinary photos of skin"
                        + (f" and {report['fit']['generic']} crops of generic photos (Debian's wallpapers and "
                           "backgrounds)" if "generic" in report["fit"] else ""))
+        if line == "keep":  # the distance and lines are the package's own: say so, and what was added
+            own = read_metadata(model)["skinscan.assess"].get("fit", "the package's own fit")
+            spec["fit"] = (f"{own}; the dermoscopy score fitted by `skinscan regate --line keep` on "
+                           + spec["fit"].split(" on ", 1)[1])
         if precision == "int8":
             spec["precision"] = "int8"
         set_metadata(model, {"skinscan.assess": json.dumps(spec)})
