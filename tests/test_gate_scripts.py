@@ -54,3 +54,23 @@ def test_fitside_runs_on_a_regate_cache(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3 and "candidate 4" in lines[2]
     assert "generic held-out photos refused by the score alone 100.0%" in lines[2]  # far apart: all refused
+
+
+def test_imagenet_fitside_compares_both_feature_sets():
+    pytest.importorskip("torchvision", reason="the script loads the ImageNet backbone (`train` extra)")
+    from skinscan.factory.regate import EXTRA, HAM10000, FitScores, GateScores
+
+    rng = np.random.default_rng(1)
+    names = ("lesions", "val", "val_low_resolution", "ordinary", "generic", "generic_held_out")
+    shift = {"lesions": 0.0, "val": 0.0, "val_low_resolution": 0.0, "ordinary": -3.0, "generic": -3.0,
+             "generic_held_out": -3.0}
+    count = {"lesions": 400}
+    sets, imagenet = {}, {}
+    for name in names:
+        n = count.get(name, 200)
+        sets[name] = GateScores({}, np.zeros((n, 4)), list(SCORES), rng.normal(shift[name], 1.0, (n, 8)))
+        imagenet[name] = rng.normal(shift[name], 1.0, (n, 5))
+    source = np.r_[np.full(200, HAM10000), np.full(200, EXTRA)]
+    lines = load("gate_imagenet_fitside").compare(FitScores(sets, source), imagenet, source)
+    assert len(lines) == 6 and lines[0].startswith("classifier C=0.002") and lines[-1].startswith("imagenet C=0.05")
+    assert all("generic held-out refused 100.0%" in line for line in lines)  # far apart in both feature sets
