@@ -17,42 +17,35 @@ from pathlib import Path
 import numpy as np
 
 from skinscan.factory import regate
+from skinscan.runtime.assess import tail_value
 
 TAIL = 0.005
-DESIGNS = (  # name, features, with the generic photos, C
-    ("block-4/5 statistics, portrait only (candidates 1-3)", "block-statistics", False, 0.05),
-    ("block-4/5 statistics, + generic photos", "block-statistics", True, 0.05),
-    ("pooled features, + generic photos (candidate 4)", "pooled", True, 0.002),
+DESIGNS = (  # name, features, with the generic photos (each at its input's C, `regate.REGULARISATION`)
+    ("block-4/5 statistics, portrait only (candidates 1-3)", "block-statistics", False),
+    ("block-4/5 statistics, + generic photos", "block-statistics", True),
+    ("pooled features, + generic photos (candidate 4)", "pooled", True),
 )
 
 
-def low_line(weight, bias, scores: regate.GateScores, features: str) -> float:
-    values = np.sort(score(weight, bias, scores, features))
-    return float(values[int(np.floor(TAIL * len(values)))])
-
-
-def score(weight, bias, scores: regate.GateScores, features: str) -> np.ndarray:
-    inputs = scores.features(features)
-    return bias + sum(inputs[key] @ w for key, w in weight.items())
+def score(weight, bias, scores: regate.GateScores) -> np.ndarray:
+    return regate.dermoscopy_score(weight, bias, scores.statistics, scores.pooled)
 
 
 def main(cache: str) -> None:
     fit = regate.FitScores.load(Path(cache))
     lesions = fit.sets["lesions"]
-    for name, features, generic, regularisation in DESIGNS:
-        negatives = [fit.sets["ordinary"].features(features)]
-        if generic:
-            negatives.append(fit.sets["generic"].features(features))
-        weight, bias = regate.fit_dermoscopy(lesions.features(features), negatives, regularisation)
-        line = min(low_line(weight, bias, fit.sets[n], features) for n in regate.VAL_SOURCE)
-        held_out = np.mean(score(weight, bias, fit.sets["generic_held_out"], features) < line)
+    for name, features, with_generic in DESIGNS:
+        generic = fit.sets["generic"] if with_generic else None
+        weight, bias = regate.fit_dermoscopy_score(lesions, fit.sets["ordinary"], generic, features)
+        line = min(tail_value(score(weight, bias, fit.sets[n]), TAIL) for n in regate.VAL_SOURCE)
+        held_out = np.mean(score(weight, bias, fit.sets["generic_held_out"]) < line)
         unseen = {}
         for val_name, source in regate.VAL_SOURCE.items():
             other = next(n for n, s in regate.VAL_SOURCE.items() if s != source)
-            w, b = regate.fit_dermoscopy(lesions.subset(fit.lesion_source != source).features(features), negatives,
-                                         regularisation)
-            unseen[regate.SOURCE_NAMES[source]] = np.mean(score(w, b, fit.sets[val_name], features)
-                                                          < low_line(w, b, fit.sets[other], features))
+            w, b = regate.fit_dermoscopy_score(lesions.subset(fit.lesion_source != source), fit.sets["ordinary"],
+                                               generic, features)
+            unseen[regate.SOURCE_NAMES[source]] = np.mean(score(w, b, fit.sets[val_name])
+                                                          < tail_value(score(w, b, fit.sets[other]), TAIL))
         print(f"{name}: generic held-out photos refused by the score alone {held_out:.1%}; unseen source refused "
               + ", ".join(f"{k} {v:.1%}" for k, v in unseen.items()))
 

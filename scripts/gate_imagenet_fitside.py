@@ -22,6 +22,7 @@ import torchvision
 
 from skinscan.factory import regate
 from skinscan.factory.onnx_metadata import read_metadata
+from skinscan.runtime.assess import tail_value
 from skinscan.runtime.classifier import bundled_package_dir
 from skinscan.runtime.preprocess import PreprocessConfig
 
@@ -57,8 +58,7 @@ def compare(fit: regate.FitScores, imagenet: dict[str, np.ndarray], source: np.n
             return {0: imagenet[name] if kind == "imagenet" else fit.sets[name].pooled}
 
         def low(weight, bias, name, kind=kind):
-            values = np.sort(bias + inputs(name, kind)[0] @ weight[0])
-            return values[int(TAIL * len(values))]
+            return tail_value(bias + inputs(name, kind)[0] @ weight[0], TAIL)
         for regularisation in REGULARISATION:
             lesions, negatives = inputs("lesions"), [inputs("ordinary"), inputs("generic")]
             weight, bias = regate.fit_dermoscopy(lesions, negatives, regularisation)

@@ -80,9 +80,9 @@ def test_unpack_keeps_photos_of_the_chosen_folders_once_each(debs, tmp_path):
 def test_random_crops_are_photo_sized_and_come_from_the_chosen_part(debs, tmp_path):
     folder = unpack(debs, tmp_path / "negatives")
     part = source_photos(folder)[0].part
-    crops = random_crops(folder, part, 30, seed=1)
+    crops = random_crops(source_photos(folder), part, 30, seed=1)
     assert len(crops) == 30 and {c.size for c in crops} == {(600, 450)} and {c.mode for c in crops} == {"RGB"}
-    again = random_crops(folder, part, 30, seed=1)
+    again = random_crops(source_photos(folder), part, 30, seed=1)
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(crops, again, strict=True))
 
 

@@ -150,14 +150,15 @@ def folder_photos(folder: str | Path) -> list[SourcePhoto]:
     return photos
 
 
-def random_crops(folder: str | Path | list[SourcePhoto], part: str, count: int, seed: int = 0,
+def random_crops(photos: list[SourcePhoto], part: str, count: int, seed: int = 0,
                  photo_size: tuple[int, int] = (600, 450), smallest: float = 0.1) -> list[Image.Image]:
-    """`count` RGB crops of the `part` photos ("fit" or "held_out") of an indexed folder (or of a list of photos),
-    spread evenly over the photos: each a random 4:3 window of `smallest`-100% of the photo's shorter side,
-    scaled to photo_size. Unreadable files are an error naming the file."""
-    photos = [p for p in (folder if isinstance(folder, list) else source_photos(folder)) if p.part == part]
+    """`count` RGB crops of the `part` photos ("fit" or "held_out") among `photos` (`source_photos` of an indexed
+    folder, or `folder_photos`), spread evenly over them: each a random 4:3 window of `smallest`-100% of the
+    photo's shorter side, scaled to photo_size. Unreadable files are an error naming the file."""
+    photos = [p for p in photos if p.part == part]
     if not photos:
-        raise NegativesError(f"{folder if not isinstance(folder, list) else 'the folder'}: no {part} photos")
+        raise NegativesError(f"no {part} photos to crop: every photo given fell in the other part (the split is by "
+                             "a hash of each name); add more photos")
     rng = np.random.default_rng(seed)
     crops = []
     for index, photo in enumerate(photos):

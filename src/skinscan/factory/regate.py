@@ -258,26 +258,37 @@ def fit_parameters(lesions: GateScores, ordinary: GateScores | None, generic: Ga
     """The pooled Gaussian per block, and (with ordinary photos) the dermoscopy score on `features` ("pooled":
     the classifier's pooled features; "block-statistics": the distance's statistics), which also learns from
     generic non-lesion photos when given (`skinscan.factory.negatives`)."""
-    if features not in FEATURES:
-        raise ValueError(f"features {features!r}: choose one of {', '.join(FEATURES)}")
     gaussians = {block: fit_gaussian(x) for block, x in lesions.statistics.items()}
     parameters = GateParameters({b: g[0] for b, g in gaussians.items()}, {b: g[1] for b, g in gaussians.items()})
     if ordinary is not None:
-        negatives = [ordinary.features(features)] + ([generic.features(features)] if generic is not None else [])
-        parameters.dermoscopy_weight, parameters.dermoscopy_bias = fit_dermoscopy(
-            lesions.features(features), negatives, REGULARISATION[features])
+        parameters.dermoscopy_weight, parameters.dermoscopy_bias = fit_dermoscopy_score(lesions, ordinary, generic,
+                                                                                       features)
     return parameters
+
+
+def fit_dermoscopy_score(lesions: GateScores, ordinary: GateScores, generic: GateScores | None = None,
+                         features: str = "pooled") -> tuple[dict, float]:
+    """`fit_dermoscopy` on `features` of the lesions against the ordinary photos (and the generic ones, when
+    given), at that input's REGULARISATION."""
+    if features not in FEATURES:
+        raise ValueError(f"features {features!r}: choose one of {', '.join(FEATURES)}")
+    negatives = [ordinary.features(features)] + ([generic.features(features)] if generic is not None else [])
+    return fit_dermoscopy(lesions.features(features), negatives, REGULARISATION[features])
+
+
+def dermoscopy_score(weight: dict, bias: float, statistics: dict[int, np.ndarray],
+                     pooled: np.ndarray | None = None) -> np.ndarray | float:
+    """sum_k input_k @ w_k + bias, as the graph's dermoscopy nodes compute it (inputs: blocks or "pooled")."""
+    inputs = {**statistics, POOLED: pooled}
+    return bias + sum(inputs[key] @ w for key, w in weight.items())
 
 
 def score_numpy(parameters: GateParameters, statistics: dict[int, np.ndarray],
                 pooled: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(lesion distance, dermoscopy score) as the graph computes them; for choosing designs without a graph."""
     distance = sum((((statistics[b] - parameters.mean[b]) @ parameters.whiten[b]) ** 2).sum(1) for b in parameters.mean)
-    inputs = {**statistics, POOLED: pooled}
-    dermoscopy = np.zeros(len(distance)) + parameters.dermoscopy_bias
-    for key, weight in parameters.dermoscopy_weight.items():
-        dermoscopy = dermoscopy + inputs[key] @ weight
-    return distance, dermoscopy
+    dermoscopy = dermoscopy_score(parameters.dermoscopy_weight, parameters.dermoscopy_bias, statistics, pooled)
+    return distance, np.zeros(len(distance)) + dermoscopy
 
 
 def score_sets(parameters: GateParameters, scores: GateScores) -> tuple[np.ndarray, np.ndarray]:
@@ -487,19 +498,27 @@ def fit_sets(data: FitData, config: PreprocessConfig) -> tuple[dict[str, np.ndar
 
 
 NEGATIVE_SETS = ("generic", "generic_held_out")
-ORDINARY_PHOTO_SETS = ("ordinary_photos", "ordinary_photos_held_out")
+
+
+def _crop_inputs(photos: list, part: str, count: int, data: FitData, config: PreprocessConfig,
+                 smallest: float = 0.1) -> np.ndarray:
+    """uint8 model inputs of `count` random crops of the `part` photos (`skinscan.factory.negatives.random_crops`)."""
+    from skinscan.factory.negatives import random_crops
+    from skinscan.runtime.preprocess import resize_to_input
+
+    return np.stack([resize_to_input(crop, config)
+                     for crop in random_crops(photos, part, count, data.seed, smallest=smallest)])
 
 
 def negative_sets(data: FitData, config: PreprocessConfig) -> dict[str, np.ndarray]:
     """uint8 model inputs of the generic non-lesion crops (`skinscan.factory.negatives`): `generic` from the fit
     photos (the dermoscopy score learns from them) and `generic_held_out` from the held-out photos (measured)."""
-    from skinscan.factory.negatives import random_crops
-    from skinscan.runtime.preprocess import resize_to_input
+    from skinscan.factory.negatives import source_photos
 
     if data.negatives is None:
         return {}
-    return {name: np.stack([resize_to_input(crop, config)
-                            for crop in random_crops(data.negatives, part, count, data.seed)])
+    photos = source_photos(data.negatives)
+    return {name: _crop_inputs(photos, part, count, data, config)
             for name, part, count in (("generic", "fit", data.generic),
                                       ("generic_held_out", "held_out", max(1, data.generic // 5)))}
 
@@ -509,19 +528,15 @@ def ordinary_photo_sets(data: FitData, config: PreprocessConfig) -> dict[str, np
     fit part joins the portrait's crops as ordinary photos; the held-out part measures the fitted gate on
     ordinary photos it never saw (`regate_package`'s report). Crops keep at least half of the photo's side: an
     ordinary photo of a lesion should keep its lesion."""
-    from skinscan.factory.negatives import folder_photos, random_crops
-    from skinscan.runtime.preprocess import resize_to_input
+    from skinscan.factory.negatives import folder_photos
 
     if data.ordinary_photos is None:
         return {}
     photos = folder_photos(data.ordinary_photos)
-    sets = {}
-    for name, part, count in (("ordinary_photos", "fit", data.ordinary), ("ordinary_photos_held_out", "held_out",
-                                                                          max(1, data.ordinary // 3))):
-        if any(photo.part == part for photo in photos):
-            sets[name] = np.stack([resize_to_input(crop, config)
-                                   for crop in random_crops(photos, part, count, data.seed, smallest=0.5)])
-    return sets
+    return {name: _crop_inputs(photos, part, count, data, config, smallest=0.5)
+            for name, part, count in (("ordinary_photos", "fit", data.ordinary),
+                                      ("ordinary_photos_held_out", "held_out", max(1, data.ordinary // 3)))
+            if any(photo.part == part for photo in photos)}
 
 
 # ------------------------------------------------------------------------------------------ the package
@@ -571,16 +586,16 @@ def compute_fit_scores(model: onnx.ModelProto, data: FitData, cached: FitScores 
                         source)
     else:
         fit = cached
-    if data.negatives is not None and not set(NEGATIVE_SETS) <= set(fit.sets):
-        fit.sets.update({name: gate_scores(model, array, threads=data.threads)
-                         for name, array in negative_sets(data, config).items()})
-    if data.ordinary_photos is not None and "ordinary_photos" not in fit.sets:
-        fit.sets.update({name: gate_scores(model, array, threads=data.threads)
-                         for name, array in ordinary_photo_sets(data, config).items()})
+    for missing, make_sets in ((not set(NEGATIVE_SETS) <= set(fit.sets), negative_sets),
+                               ("ordinary_photos" not in fit.sets, ordinary_photo_sets)):
+        if missing:  # each maker returns nothing when its folder was not given
+            fit.sets.update({name: gate_scores(model, array, threads=data.threads)
+                             for name, array in make_sets(data, config).items()})
     return fit
 
 
-LINES = ("in-source", "unseen-source", "keep")  # how the lines are drawn (`fit_gate_and_thresholds`, `keep_and_add`)
+FITTED_LINES = ("in-source", "unseen-source")  # lines drawn by `fit_gate_and_thresholds`
+LINES = (*FITTED_LINES, "keep")  # "keep": the package's own lines plus the dermoscopy check (`keep_and_add_dermoscopy`)
 HAM10000, EXTRA = 0, 1  # the training sources, as `FitScores.lesion_source` numbers them
 VAL_SOURCE = {"val": HAM10000, "val_low_resolution": EXTRA}  # each source's plain validation lesions
 SOURCE_NAMES = {HAM10000: "ham10000", EXTRA: "isic2019_extra"}
@@ -638,20 +653,17 @@ def unseen_source_dermoscopy_line(fit: FitScores, features: str, line: float, ta
     by the largest shift. The 84-px source is left out: the runtime refuses such images as too small before the
     graph runs, so its unseen shift would measure a resolution gap no user image presents (docs/RESULTS.md,
     candidate 4)."""
-    lesions, negatives = fit.sets["lesions"], [ordinary_negatives(fit).features(features)]
-    if "generic" in fit.sets:
-        negatives.append(fit.sets["generic"].features(features))
+    from skinscan.runtime.assess import tail_value
+
     shifts = {}
     for held_out in NATIVE_SIZE_VAL:
         source = VAL_SOURCE[held_out]
         others = [name for name, other in VAL_SOURCE.items() if other != source and name in fit.sets]
-        weight, bias = fit_dermoscopy(lesions.subset(fit.lesion_source != source).features(features), negatives,
-                                      REGULARISATION[features])
+        weight, bias = fit_dermoscopy_score(fit.sets["lesions"].subset(fit.lesion_source != source),
+                                            ordinary_negatives(fit), fit.sets.get("generic"), features)
 
         def low(name, weight=weight, bias=bias):
-            inputs = fit.sets[name].features(features)
-            values = np.sort(bias + sum(inputs[key] @ w for key, w in weight.items()))
-            return float(values[int(np.floor(tail * len(values)))])
+            return tail_value(dermoscopy_score(weight, bias, fit.sets[name].statistics, fit.sets[name].pooled), tail)
         shifts[SOURCE_NAMES[source]] = max(0.0, min(low(name) for name in others) - low(held_out))
     return {"line": line - max(shifts.values()), "in_source_line": line, "shift_when_unseen": shifts, "tail": tail}
 
@@ -672,8 +684,9 @@ def fit_gate_and_thresholds(fit: FitScores, line: str = "in-source",
     """
     from skinscan.runtime.assess import DERMOSCOPY_TAIL, SCORES, choose_thresholds
 
-    if line not in LINES:
-        raise ValueError(f"line {line!r}: choose one of {', '.join(LINES)}")
+    if line not in FITTED_LINES:
+        raise ValueError(f"line {line!r}: choose one of {', '.join(FITTED_LINES)} (\"keep\" re-uses the package's "
+                         "lines: `keep_and_add_dermoscopy`)")
     parameters = fit_parameters(fit.sets["lesions"], ordinary_negatives(fit), fit.sets.get("generic"), features)
     names = ("val", "val_low_resolution")
     if line == "in-source":
@@ -742,14 +755,14 @@ def keep_and_add_dermoscopy(fit: FitScores, model: onnx.ModelProto, features: st
     QUALITY_TAIL of HAM10000's plain val lesions, the tail each quality line of a HAM10000-fitted gate is drawn
     at. Returns the parameters, the new check and the share of those val lesions the whole gate now turns away
     (the FP32 graph's scores, which the cache holds)."""
-    from skinscan.runtime.assess import QUALITY_TAIL, SCORES
+    from skinscan.runtime.assess import QUALITY_TAIL, SCORES, tail_value
 
     parameters = existing_gaussian(model)
-    fitted = fit_parameters(fit.sets["lesions"], ordinary_negatives(fit), fit.sets.get("generic"), features)
-    parameters.dermoscopy_weight, parameters.dermoscopy_bias = fitted.dermoscopy_weight, fitted.dermoscopy_bias
+    parameters.dermoscopy_weight, parameters.dermoscopy_bias = fit_dermoscopy_score(
+        fit.sets["lesions"], ordinary_negatives(fit), fit.sets.get("generic"), features)
     val = fit.sets["val"]
     dermoscopy = score_sets(parameters, val)[1]
-    line = float(np.sort(dermoscopy)[int(np.floor(QUALITY_TAIL * len(dermoscopy)))])
+    line = tail_value(dermoscopy, QUALITY_TAIL)
     check = {"score": DERMOSCOPY, "below": line, "reason": "not_dermoscopic"}
     spec = read_metadata(model)["skinscan.assess"]
     judge = AssessSpec.from_metadata({**spec, "scores": [*SCORES, DERMOSCOPY],

@@ -135,6 +135,12 @@ class AssessSpec:
         return self.precedence.index(reason) if reason in self.precedence else len(self.precedence)
 
 
+def tail_value(values, share: float, low: bool = True) -> float:
+    """A line past which floor(share * n) of the values fall: below it when `low`, above it otherwise."""
+    ordered = np.sort(values) if low else np.sort(values)[::-1]
+    return float(ordered[int(np.floor(share * len(values)))])
+
+
 def choose_thresholds(val_scores: np.ndarray, budget: float = REJECTION_BUDGET, tail: float = QUALITY_TAIL,
                       scores: tuple[str, ...] | list[str] = SCORES, sharp: np.ndarray | None = None,
                       groups: np.ndarray | None = None, dermoscopy_tail: float = DERMOSCOPY_TAIL) -> dict:
@@ -160,10 +166,6 @@ def choose_thresholds(val_scores: np.ndarray, budget: float = REJECTION_BUDGET, 
     sharp = np.ones(count, dtype=bool) if sharp is None else np.asarray(sharp, dtype=bool)
     groups = np.zeros(count, dtype=int) if groups is None else np.asarray(groups)
     members = [groups == group for group in np.unique(groups)]
-
-    def tail_value(values, share, low):  # per group: a line past which floor(share * n) images fall
-        ordered = np.sort(values) if low else np.sort(values)[::-1]
-        return float(ordered[int(np.floor(share * len(values)))])
 
     def lowest(name, share=tail, rows=None):
         rows = np.ones(count, dtype=bool) if rows is None else rows
